@@ -1,0 +1,68 @@
+"""Administration: API keys and the audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from app.api.deps import ADMIN, get_session, require
+from app.api.problems import Problem
+from app.security import audit
+from app.security.keys import ApiKeyError, Principal, create_key, list_keys, revoke_key
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+
+class KeyCreate(BaseModel):
+    role: str
+    name: str
+
+
+def _key_dict(k) -> dict:  # noqa: ANN001
+    return {"id": k.id, "name": k.name, "role": k.role, "prefix": k.prefix,
+            "created_at": k.created_at.isoformat() if k.created_at else None,
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
+
+
+@router.get("/keys")
+def keys_list(p: Principal = Depends(require(*ADMIN)),
+              session: Session = Depends(get_session)) -> dict:
+    return {"keys": [_key_dict(k) for k in list_keys(session)]}
+
+
+@router.post("/keys", status_code=201)
+def keys_create(body: KeyCreate, p: Principal = Depends(require(*ADMIN)),
+                session: Session = Depends(get_session)) -> dict:
+    try:
+        row, key = create_key(session, body.role, body.name, actor=p.actor)
+    except ApiKeyError as exc:
+        raise Problem(422, "invalid-key-request", str(exc)) from exc
+    session.commit()
+    return {**_key_dict(row), "key": key}
+
+
+@router.delete("/keys/{key_id}")
+def keys_revoke(key_id: int, p: Principal = Depends(require(*ADMIN)),
+                session: Session = Depends(get_session)) -> dict:
+    try:
+        row = revoke_key(session, key_id, actor=p.actor)
+    except ApiKeyError as exc:
+        raise Problem(404, "not-found", str(exc)) from exc
+    session.commit()
+    return _key_dict(row)
+
+
+@router.get("/audit")
+def audit_list(p: Principal = Depends(require(*ADMIN)), session: Session = Depends(get_session),
+               actor: str | None = None, action: str | None = None,
+               resource_type: str | None = None, resource_id: str | None = None,
+               outcome: str | None = None, since: datetime | None = None,
+               until: datetime | None = None, limit: int = Query(100, ge=1, le=1000),
+               offset: int = Query(0, ge=0)) -> dict:
+    events = audit.query(session, actor=actor, action=action, resource_type=resource_type,
+                         resource_id=resource_id, outcome=outcome, since=since, until=until,
+                         limit=limit, offset=offset)
+    return {"events": [audit.to_dict(e) for e in events], "limit": limit, "offset": offset}

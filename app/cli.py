@@ -1,0 +1,141 @@
+"""The `medgate` command: serve, worker, db, keys (and, from later issues, kb, models, analyze,
+ingest, dicom-scp)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.config import get_settings
+
+app = typer.Typer(help="MedGate: medical-imaging AI platform service.", no_args_is_help=True,
+                  add_completion=False)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option()] = "",
+          port: Annotated[int, typer.Option()] = 0,
+          migrate: Annotated[bool, typer.Option(help="apply migrations first")] = True) -> None:
+    """Run the API (and, by default, the DICOM SCP and the embedded worker)."""
+    import uvicorn
+
+    from app.db import migrate as migrations
+    from app.main import create_app
+
+    s = get_settings()
+    s.ensure_dirs()
+    if migrate:
+        migrations.upgrade()
+    host = host or s.http_host
+    port = port or s.http_port
+    console.print(f"MedGate on http://{host}:{port}  (data: {s.data_dir.resolve()}, "
+                  f"broker: {'embedded filesystem' if s.embedded_broker else s.broker_url})")
+    console.print("Create an API key with: [bold].venv/bin/medgate keys create --role admin "
+                  "--name me[/bold]")
+    logging.basicConfig(level=logging.INFO)
+    uvicorn.run(create_app(start_services=True), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(queues: Annotated[str, typer.Option("-Q", "--queues")] =
+           "ingest,cxr,ct,ecg,pathology,export",
+           concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 1,
+           pool: Annotated[str, typer.Option("-P", "--pool")] = "prefork",
+           loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "INFO") -> None:
+    """Run a Celery worker on the given queues."""
+    from app.pipeline.celery_app import celery_app
+
+    get_settings().ensure_dirs()
+    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool,
+                            "-l", loglevel, "--without-gossip", "--without-mingle",
+                            "--without-heartbeat"])
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default head)."""
+    from app.db import migrate
+
+    migrate.upgrade(revision)
+    console.print(f"database at {migrate.current()}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (use 'base' for an empty database)."""
+    from app.db import migrate
+
+    migrate.downgrade(revision)
+    console.print(f"database at {migrate.current()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the current migration revision."""
+    from app.db import migrate
+
+    typer.echo(migrate.current() or "base")
+
+
+@keys_app.command("create")
+def keys_create(role: Annotated[str, typer.Option(help="pacs, clinician or admin")],
+                name: Annotated[str, typer.Option()]) -> None:
+    """Create a key. The key is printed once, on its own line; only its hash is kept."""
+    from app.db.session import session_scope
+    from app.security.keys import ApiKeyError, create_key
+
+    try:
+        with session_scope() as session:
+            row, key = create_key(session, role, name)
+            key_id = row.id
+    except ApiKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"created key {key_id} ({role}, {name}); it is shown only now:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from app.db.session import session_scope
+    from app.security.keys import list_keys
+
+    table = Table("id", "name", "role", "prefix", "created", "revoked")
+    with session_scope() as session:
+        for k in list_keys(session):
+            table.add_row(str(k.id), k.name, k.role, k.prefix, f"{k.created_at:%Y-%m-%d %H:%M}",
+                          f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from app.db.session import session_scope
+    from app.security.keys import ApiKeyError, revoke_key
+
+    try:
+        with session_scope() as session:
+            revoke_key(session, key_id)
+    except ApiKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"revoked key {key_id}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

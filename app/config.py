@@ -1,0 +1,103 @@
+"""Settings: one object, read once from the environment (prefix ``MEDGATE_``).
+
+With nothing set, everything lives under ``./var``: SQLite database, file store, kombu
+filesystem broker. Setting ``DATABASE_URL`` and ``BROKER_URL`` gives the distributed set-up with
+the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DOMAINS = ("cxr", "ct", "ecg", "pathology")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDGATE_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_dir: Path | None = None
+    model_dir: Path | None = None
+    ae_title: str = "MEDGATE"
+    dicom_port: int = 11112
+    dicom_host: str = "0.0.0.0"
+    # Calling AE titles allowed to associate; empty means any.
+    dicom_allowed_aets: list[str] = Field(default_factory=list)
+    stable_seconds: float = 10.0
+    # Per-domain overrides, e.g. MEDGATE_STABLE_SECONDS_BY_DOMAIN='{"ct": 30}'
+    stable_seconds_by_domain: dict[str, float] = Field(default_factory=dict)
+    embedder: str | None = None
+    max_upload_bytes: int = 2 * 1024**3
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # Start the DIMSE SCP and the embedded worker from `medgate serve`.
+    embedded_worker: bool = True
+    start_scp: bool = True
+    sweep_interval_seconds: float = 2.0
+
+    @field_validator("dicom_allowed_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [a.strip() for a in v.split(",") if a.strip()]
+        return v
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'medgate.db').resolve()}"
+
+    @property
+    def store_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "store").resolve()
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def kb_dir(self) -> Path:
+        return (self.data_dir / "kb").resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.model_dir or self.data_dir / "models").resolve()
+
+    def stable_seconds_for(self, domain: str | None) -> float:
+        if domain and domain in self.stable_seconds_by_domain:
+            return float(self.stable_seconds_by_domain[domain])
+        return self.stable_seconds
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.store_dir, self.kb_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.embedded_broker:
+            for sub in ("in", "processed"):
+                (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

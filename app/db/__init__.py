@@ -1,0 +1,1 @@
+"""Persistence: typed models and sessions. Migrations live in ../migrations."""

@@ -1,0 +1,53 @@
+"""Readiness checks for /readyz: the database, the broker and the storage folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db.session import get_engine
+
+
+def check_database() -> None:
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def check_broker() -> None:
+    s = get_settings()
+    if s.embedded_broker:
+        folder = s.broker_dir / "in"
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise RuntimeError(f"broker folder {folder} is missing or not writable")
+        return
+    from app.pipeline.celery_app import celery_app
+
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def check_storage() -> None:
+    store = get_settings().store_dir
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=store, prefix=".ready-") as fh:
+        fh.write(b"ok")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage}
+
+
+def check_all() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, fn in CHECKS.items():
+        try:
+            fn()
+            out[name] = {"ok": True}
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure by name
+            out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return out

@@ -1,0 +1,34 @@
+"""Migrations go up, down and up again on SQLite and PostgreSQL, and match the models."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from app.db import migrate
+from app.db.models import Base
+from app.db.session import get_engine
+from tests.conftest import configure_env
+
+TABLES = {"patient", "study", "series", "instance", "job", "report", "report_version",
+          "model_version", "audit_event", "api_key"}
+
+
+def test_upgrade_downgrade_upgrade_round_trips(monkeypatch, tmp_path, db_url):
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade()
+    assert TABLES <= set(inspect(get_engine()).get_table_names())
+    migrate.downgrade("base")
+    assert migrate.current() is None
+    assert not TABLES & set(inspect(get_engine()).get_table_names())
+    migrate.upgrade()
+    assert migrate.current() is not None
+    assert TABLES <= set(inspect(get_engine()).get_table_names())
+
+
+def test_newest_migration_matches_the_models(monkeypatch, tmp_path, db_url):
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade()
+    with get_engine().connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == []
