@@ -1,0 +1,102 @@
+"""Study grouping: a study is complete when it has been idle for STABLE_SECONDS (per domain) or
+when someone says so. Completion happens once per burst of instances: a conditional UPDATE from
+``receiving`` to ``complete`` decides the single winner even with several API processes, and the
+"study complete" listeners (the pipeline) run in that same transaction.
+
+Instances that arrive after completion re-open the study; it completes again after the next
+idle period. Nothing here creates a study row: only a stored instance does, so an upload that
+fails before its first instance leaves nothing behind, and one that fails later leaves a study
+that the idle timer still completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.db.models import Series, Study, StudyEvent, utcnow
+
+# Called with (session, study) inside the completing transaction.
+COMPLETE_LISTENERS: list[Callable[[Session, Study], None]] = []
+
+# Provisional domain by modality, only for the per-domain idle time; routing decides the rest.
+_MODALITY_DOMAIN = {"CR": "cxr", "DX": "cxr", "CT": "ct", "ECG": "ecg", "SM": "pathology"}
+
+
+def add_event(session: Session, study: Study, kind: str, **detail: object) -> StudyEvent:
+    event = StudyEvent(study_fk=study.id, kind=kind, detail=detail)
+    session.add(event)
+    return event
+
+
+def instance_received(session: Session, study: Study, source: str = "") -> None:
+    """Called by the store in the transaction that indexes a new instance."""
+    now = utcnow()
+    if study.state == "complete":
+        study.state = "receiving"
+        add_event(session, study, "reopened", source=source)
+    elif not study.events:
+        add_event(session, study, "received", source=source)
+    study.last_received_at = now
+
+
+def provisional_domain(modalities: set[str]) -> str | None:
+    for m in modalities:
+        if m in _MODALITY_DOMAIN:
+            return _MODALITY_DOMAIN[m]
+    return None
+
+
+def _modalities(session: Session, study_id: int) -> set[str]:
+    return set(session.scalars(select(Series.modality).where(Series.study_fk == study_id)))
+
+
+def _try_complete(session: Session, study_id: int, reason: str,
+                  idle_since: datetime | None = None) -> bool:
+    now = utcnow()
+    stmt = (update(Study).where(Study.id == study_id, Study.state == "receiving")
+            .values(state="complete", completed_at=now))
+    if idle_since is not None:
+        stmt = stmt.where(Study.last_received_at <= idle_since)
+    if session.execute(stmt).rowcount != 1:
+        session.rollback()
+        return False
+    study = session.get(Study, study_id)
+    session.refresh(study)
+    add_event(session, study, "complete", reason=reason)
+    for listener in COMPLETE_LISTENERS:
+        listener(session, study)
+    session.commit()
+    return True
+
+
+def complete_study(session_factory, study_uid: str, reason: str = "requested") -> bool | None:
+    """Complete one study now. None: no such study; False: it was already complete."""
+    with session_factory() as session:
+        study_id = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
+        if study_id is None:
+            return None
+        return _try_complete(session, study_id, reason)
+
+
+def complete_idle(session_factory, now: datetime | None = None) -> list[str]:
+    """Complete every study idle for its domain's stable time; return their UIDs."""
+    settings = get_settings()
+    now = now or utcnow()
+    done: list[str] = []
+    with session_factory() as session:
+        receiving = session.execute(
+            select(Study.id, Study.study_uid, Study.last_received_at)
+            .where(Study.state == "receiving")).all()
+        for study_id, uid, last in receiving:
+            domain = provisional_domain(_modalities(session, study_id))
+            stable = timedelta(seconds=settings.stable_seconds_for(domain))
+            if last is not None and now - last >= stable:
+                if _try_complete(session, study_id, "idle", idle_since=now - stable):
+                    done.append(uid)
+            session.rollback()  # end any read transaction before the next study
+    return done
