@@ -13,12 +13,12 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
-    TypeDecorator,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
