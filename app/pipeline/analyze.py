@@ -1,0 +1,233 @@
+"""Offline analysis: run the routed pipeline on local files, without a server or a database.
+
+``analyze_paths`` expands folders, reads DICOM headers (and WFDB ``.hea`` records, each an ECG
+study of its own), groups instances by StudyInstanceUID, routes each study, runs the engines of the
+rule's pipeline in order and composes the draft. It is what ``medgate analyze`` prints and what
+benchmarks call.
+
+It must never write files, touch the database or the broker, or drop an input silently: unreadable
+files and unrouted studies come back as results of their own, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from app.pipeline.composer import KnowledgeLookup, compose
+from app.pipeline.routing import DEFAULT_RULES, RouteRule, StudyMeta, match, summarise
+from models.base import ContractError, EngineResult, ModelSpec, StudyInput, build
+from models.technical import VERSION as TECHNICAL_VERSION
+from models.technical import read_wfdb_header
+
+Status = Literal["analyzed", "unrouted", "unreadable"]
+
+# Header keywords kept per instance: enough to route, to describe, and for engines that need
+# acquisition context. No patient names or identifiers.
+HEADER_KEYWORDS = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
+    "BodyPartExamined", "StudyDescription", "SeriesDescription", "SeriesNumber", "InstanceNumber",
+    "ViewPosition", "ImageType", "Manufacturer", "PatientAge", "PatientSex", "StudyDate",
+    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing", "SliceThickness",
+    "ImagePositionPatient", "ImageOrientationPatient", "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+)
+
+DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
+    "technical": (TECHNICAL_VERSION, "builtin"),
+    "ecg-measure": ("1.0.0", "builtin"),
+    "merl": ("reference", "reference"),
+}
+
+
+@dataclass
+class AnalysisResult:
+    """The outcome for one study (or one unreadable file)."""
+
+    status: Status
+    paths: list[str]
+    study_uid: str | None = None
+    domain: str | None = None
+    rule: str | None = None
+    queue: str | None = None
+    pipeline: list[str] = field(default_factory=list)
+    study_meta: dict[str, Any] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    draft: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "study_uid": self.study_uid, "domain": self.domain,
+                "rule": self.rule, "queue": self.queue, "pipeline": list(self.pipeline),
+                "paths": list(self.paths), "study_meta": self.study_meta,
+                "results": self.results, "draft": self.draft, "warnings": list(self.warnings),
+                "reason": self.reason}
+
+
+def default_spec(family: str) -> ModelSpec:
+    """The spec used when none is given: builtin for rule-based families, reference otherwise."""
+    if family in DEFAULT_VERSIONS:
+        version, variant = DEFAULT_VERSIONS[family]
+    else:
+        version, variant = "reference", "reference"
+    return ModelSpec(family=family, version=version, variant=variant)  # type: ignore[arg-type]
+
+
+def expand_paths(paths: Sequence[Path | str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files under the given paths (folders recursively, sorted, hidden files skipped) and the
+    paths that do not exist. WFDB data and annotation files beside a ``.hea`` are left out: the
+    header stands for its record."""
+    files: list[Path] = []
+    missing: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(p for p in sorted(path.rglob("*"))
+                         if p.is_file() and not any(part.startswith(".")
+                                                    for part in p.relative_to(path).parts))
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((path, "no such file or folder"))
+    headers = {p.with_suffix("") for p in files if p.suffix.lower() == ".hea"}
+    kept = [p for p in dict.fromkeys(files)
+            if p.suffix.lower() == ".hea" or p.with_suffix("") not in headers]
+    return kept, missing
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, PersonName):
+        return str(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """Routing metadata of one DICOM file (DICOM keywords as keys); raises ValueError if the
+    file is not readable DICOM."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise ValueError(f"not a DICOM file ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read ({exc})") from exc
+    except Exception as exc:  # pydicom raises assorted errors on corrupt headers
+        raise ValueError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
+    if "SOPClassUID" not in ds and "Modality" not in ds:
+        raise ValueError("DICOM file without SOPClassUID or Modality (not an instance)")
+    meta: dict[str, Any] = {}
+    for keyword in HEADER_KEYWORDS:
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            meta[keyword] = _plain(value)
+    codes = ds.get("ViewCodeSequence") or []
+    if codes:
+        meta["ViewCodeSequence"] = [{k: str(item.get(k) or "") for k in
+                                     ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")}
+                                    for item in codes]
+    return meta
+
+
+def _wfdb_meta(path: Path) -> dict[str, Any]:
+    header = read_wfdb_header(path)
+    return {"Modality": "ECG", "RecordName": header["record_name"],
+            "SamplingFrequency": header["fs"], "NumberOfWaveformChannels": header["n_sig"],
+            "LeadNames": list(header["sig_name"]), "StudyDescription": "WFDB record"}
+
+
+def _run_engines(rule: RouteRule, study: StudyInput, specs: Mapping[str, ModelSpec],
+                 warnings: list[str]) -> list[EngineResult]:
+    results: list[EngineResult] = []
+    for family in rule.pipeline:
+        spec = specs.get(family) or default_spec(family)
+        try:
+            engine = build(spec)
+        except (ContractError, ImportError) as exc:
+            warnings.append(f"engine family {family!r} is not available: {exc}")
+            continue
+        try:
+            result = engine.run(study)
+        except Exception as exc:  # one engine failing must not hide the others' results
+            warnings.append(f"engine {family}@{spec.version} failed: {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(result, EngineResult):
+            warnings.append(f"engine {family}@{spec.version} returned "
+                            f"{type(result).__name__}, not an EngineResult; ignored")
+            continue
+        results.append(result)
+    return results
+
+
+def analyze_study(domain_rules: list[RouteRule], study_uid: str | None, paths: list[Path],
+                  metadata: list[dict[str, Any]], meta: StudyMeta,
+                  specs: Mapping[str, ModelSpec], knowledge: KnowledgeLookup | None
+                  ) -> AnalysisResult:
+    """Run the first (highest priority) matching rule's pipeline on one study."""
+    out = AnalysisResult(status="unrouted", paths=[str(p) for p in paths], study_uid=study_uid,
+                         study_meta=meta.to_dict())
+    if not domain_rules:
+        out.reason = "no routing rule matches this study"
+        return out
+    rule = domain_rules[0]
+    out.status, out.domain, out.rule = "analyzed", rule.domain, rule.name
+    out.queue, out.pipeline = rule.queue, list(rule.pipeline)
+    if len(domain_rules) > 1:
+        others = ", ".join(f"{r.domain} ({r.name})" for r in domain_rules[1:])
+        out.warnings.append(f"the study also matches {others}; analysed as {rule.domain}")
+    study = StudyInput(domain=rule.domain, paths=list(paths), metadata=metadata,
+                       study_uid=study_uid)
+    results = _run_engines(rule, study, specs, out.warnings)
+    out.results = [r.to_dict() for r in results]
+    out.draft = compose(results, knowledge).to_dict()
+    return out
+
+
+def analyze_paths(paths: Sequence[Path | str], rules: Sequence[RouteRule] = DEFAULT_RULES,
+                  specs: Mapping[str, ModelSpec] | None = None,
+                  knowledge: KnowledgeLookup | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[AnalysisResult]:
+    """Analyse local files: one result per study, per WFDB record and per unreadable file."""
+    files, missing = expand_paths(paths)
+    out: list[AnalysisResult] = []
+    unreadable = [AnalysisResult(status="unreadable", paths=[str(p)], reason=r)
+                  for p, r in missing]
+    studies: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
+    records: list[tuple[Path, dict[str, Any]]] = []
+    for path in files:
+        try:
+            if path.suffix.lower() == ".hea":
+                records.append((path, _wfdb_meta(path)))
+                continue
+            meta = read_header(path)
+        except ValueError as exc:
+            unreadable.append(AnalysisResult(status="unreadable", paths=[str(path)],
+                                             reason=str(exc)))
+            continue
+        key = str(meta.get("StudyInstanceUID") or f"file:{path}")
+        studies.setdefault(key, []).append((path, meta))
+
+    groups = [(None if k.startswith("file:") else k, members) for k, members in studies.items()]
+    groups += [(None, [record]) for record in records]
+    for study_uid, members in groups:
+        if progress is not None:
+            progress(study_uid or str(members[0][0]))
+        metadata = [m for _, m in members]
+        meta = summarise(metadata)
+        out.append(analyze_study(match(rules, meta), study_uid, [p for p, _ in members],
+                                 metadata, meta, specs or {}, knowledge))
+    return out + unreadable
