@@ -133,6 +133,88 @@ def keys_revoke(key_id: int) -> None:
     console.print(f"revoked key {key_id}")
 
 
+@app.command()
+def analyze(paths: Annotated[list[str], typer.Argument(help="DICOM files, folders or .hea")],
+            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Route and analyse local files in-process (no server): engine results and the draft."""
+    import json
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from app.pipeline.analyze import analyze_paths
+    from app.pipeline.runner import knowledge_lookup
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("analysing", total=None)
+
+        def step(study: str) -> None:
+            progress.update(task, description=f"analysing {study[:60]}", advance=1)
+
+        results = analyze_paths([Path(p) for p in paths], knowledge=knowledge_lookup(),
+                                progress=step)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
+        return
+    from app.pipeline.composer import Draft
+
+    for r in results:
+        Console().rule(f"{r.status}: {r.study_uid or ', '.join(r.paths)[:80]}")
+        if r.reason:
+            typer.echo(f"reason: {r.reason}")
+        if r.domain:
+            typer.echo(f"domain: {r.domain}  rule: {r.rule}  pipeline: {' > '.join(r.pipeline)}")
+        for res in r.results:
+            model = res["model"]
+            flag = "" if res["trained"] else "  (untrained: kept out of the draft)"
+            typer.echo(f"- {model['family']}@{model['version']}: "
+                       f"{len(res['findings'])} findings, {len(res['measurements'])} "
+                       f"measurements{flag}")
+            for w in res["warnings"]:
+                typer.echo(f"    warning: {w}")
+        for w in r.warnings:
+            typer.echo(f"warning: {w}")
+        if r.draft:
+            typer.echo("")
+            typer.echo(Draft.from_dict(r.draft).text())
+
+
+@app.command()
+def ingest(paths: Annotated[list[str], typer.Argument(help="DICOM files or folders")],
+           url: Annotated[str, typer.Option(help="MedGate base URL")] = "http://127.0.0.1:8000",
+           key: Annotated[str | None, typer.Option(envvar="MEDGATE_API_KEY",
+                                                   help="API key (role pacs)")] = None,
+           batch: Annotated[int, typer.Option(help="instances per STOW-RS request")] = 50
+           ) -> None:
+    """Send DICOM files to a server over DICOMweb STOW-RS; exit 1 if any was refused."""
+    from pathlib import Path
+
+    from app.ingest_client import main as ingest_main
+
+    raise typer.Exit(ingest_main([Path(p) for p in paths], url, key, batch))
+
+
+@app.command("dicom-scp")
+def dicom_scp(port: Annotated[int, typer.Option(help="DICOM port (default: settings)")] = 0,
+              host: Annotated[str, typer.Option(help="listen address (default: settings)")] = "",
+              migrate: Annotated[bool, typer.Option(help="apply migrations first")] = True
+              ) -> None:
+    """Run only the DICOM SCP (C-ECHO, C-STORE, C-FIND) in the foreground until Ctrl-C."""
+    from app.db import migrate as migrations
+    from app.dicom.scp import serve_forever
+
+    s = get_settings()
+    s.ensure_dirs()
+    if migrate:
+        migrations.upgrade()
+    s = s.model_copy(update={"dicom_port": port or s.dicom_port,
+                             "dicom_host": host or s.dicom_host})
+    logging.basicConfig(level=logging.INFO)
+    console.print(f"DICOM SCP {s.ae_title} on {s.dicom_host}:{s.dicom_port} "
+                  f"(data: {s.data_dir.resolve()}); Ctrl-C stops it")
+    serve_forever(s)
+
+
 def main() -> None:
     app()
 

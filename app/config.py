@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DOMAINS = ("cxr", "ct", "ecg", "pathology")
 
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     dicom_host: str = "0.0.0.0"
     # Calling AE titles allowed to associate; empty means any.
-    dicom_allowed_aets: list[str] = Field(default_factory=list)
+    dicom_allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stable_seconds: float = 10.0
     # Per-domain overrides, e.g. MEDGATE_STABLE_SECONDS_BY_DOMAIN='{"ct": 30}'
     stable_seconds_by_domain: dict[str, float] = Field(default_factory=dict)
@@ -41,8 +42,16 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     start_scp: bool = True
     sweep_interval_seconds: float = 2.0
+    # A queued job not started after this long is sent again (its message may be lost).
+    job_resend_seconds: float = 120.0
+    # A started job whose worker has not beaten its heart for this long is taken back.
+    job_lost_seconds: float = 60.0
+    job_heartbeat_seconds: float = 5.0
+    job_max_attempts: int = 5
+    # Extra modules that register engine families (a site's own engines), imported by workers.
+    engine_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("dicom_allowed_aets", mode="before")
+    @field_validator("dicom_allowed_aets", "engine_plugins", mode="before")
     @classmethod
     def _split_aets(cls, v: object) -> object:
         if isinstance(v, str):

@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, health, system
+from app.api import admin, dicomweb, health, reports, studies, system
 from app.api.problems import install as install_problems
 from app.config import get_settings
 
-ROUTERS = [health.router, system.router, admin.router]
+ROUTERS = [health.router, system.router, admin.router, studies.router, reports.router,
+           dicomweb.router]
 
 
 def create_app(start_services: bool = False) -> FastAPI:

@@ -17,8 +17,16 @@ from app.pipeline.celery_app import QUEUES
 
 log = logging.getLogger("medgate.services")
 
-# Other modules add (name, start) pairs; start returns a stop callable.
-EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = []
+def _loop(settings: Settings) -> Callable[[], None]:
+    from app.pipeline.loop import start_loop
+
+    return start_loop(settings)
+
+
+# (name, start) pairs; start returns a stop callable.
+EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = [
+    ("grouping and sweeper loop", _loop),
+]
 
 
 def worker_command(queues: tuple[str, ...] = QUEUES, concurrency: int = 1) -> list[str]:

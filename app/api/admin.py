@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import ADMIN, get_session, require
 from app.api.problems import Problem
+from app.pipeline import routes_store
+from app.pipeline.routing import RuleError
 from app.security import audit
 from app.security.keys import ApiKeyError, Principal, create_key, list_keys, revoke_key
 
@@ -66,3 +68,27 @@ def audit_list(p: Principal = Depends(require(*ADMIN)), session: Session = Depen
                          resource_id=resource_id, outcome=outcome, since=since, until=until,
                          limit=limit, offset=offset)
     return {"events": [audit.to_dict(e) for e in events], "limit": limit, "offset": offset}
+
+
+@router.get("/routes")
+def routes_get(p: Principal = Depends(require(*ADMIN)),
+               session: Session = Depends(get_session)) -> dict:
+    return {"rules": [r.to_dict() for r in routes_store.load(session)]}
+
+
+@router.put("/routes")
+def routes_put(body: dict, p: Principal = Depends(require(*ADMIN)),
+               session: Session = Depends(get_session)) -> dict:
+    """Replace the whole rule set; an invalid rule refuses the request and changes nothing."""
+    items = body.get("rules")
+    if not isinstance(items, list):
+        raise Problem(422, "validation-error", 'send {"rules": [...]}')
+    try:
+        rules = routes_store.replace(session, items)
+    except (RuleError, TypeError, ValueError) as exc:
+        session.rollback()
+        raise Problem(422, "invalid-rule", str(exc)) from exc
+    audit.record(session, p.actor, "routes.replace", "route_rule", "",
+                 detail={"names": [r.name for r in rules]})
+    session.commit()
+    return {"rules": [r.to_dict() for r in rules]}

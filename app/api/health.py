@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics as prom
 from app.api.problems import problem_response
 from app.readiness import check_all
 
@@ -29,4 +29,5 @@ def readyz() -> Response:
 
 @router.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = prom.render()
+    return Response(body, media_type=content_type)

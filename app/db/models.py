@@ -82,6 +82,8 @@ class Study(Base):
     # receiving until idle for stable_seconds (or /complete), then complete
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     domain: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # routed, or unrouted when no rule matched at completion (kept and listed, never dropped)
+    route_status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow,
                                                        index=True)
@@ -151,9 +153,16 @@ class Job(Base):
     domain: Mapped[str] = mapped_column(String(16))
     pipeline: Mapped[str] = mapped_column(String(64))
     queue: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    engines: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    instance_uids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # queued -> started -> done | failed; the claim token makes a re-delivered message harmless
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -168,6 +177,9 @@ class Report(Base):
     domain: Mapped[str] = mapped_column(String(16), index=True)
     state: Mapped[str] = mapped_column(String(24), default="pending", index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # A draft written after the study's report was signed is an addendum to that report.
+    addendum_of: Mapped[int | None] = mapped_column(ForeignKey("report.id", ondelete="SET NULL"),
+                                                    nullable=True)
     current_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -194,6 +206,18 @@ class ReportVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     report: Mapped[Report] = relationship(back_populates="versions")
+
+
+class RouteRuleRow(Base):
+    """One routing rule; ``definition`` is ``app.pipeline.routing.RouteRule.to_dict()``."""
+
+    __tablename__ = "route_rule"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ModelVersion(Base):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu import Queue
+from kombu import pools as kombu_pools
 
 from app.config import Settings, get_settings
 
@@ -63,6 +64,7 @@ def _forget_connections() -> None:
         celery_app._pool = None
     if "amqp" in celery_app.__dict__:
         celery_app.amqp._producer_pool = None
+    kombu_pools.reset()  # kombu keeps process-wide producer pools keyed by broker URL
     if hasattr(celery_app._local, "backend"):
         del celery_app._local.backend
 

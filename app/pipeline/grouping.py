@@ -1,7 +1,7 @@
 """Study grouping: a study is complete when it has been idle for STABLE_SECONDS (per domain) or
 when someone says so. Completion happens once per burst of instances: a conditional UPDATE from
 ``receiving`` to ``complete`` decides the single winner even with several API processes, and the
-"study complete" listeners (the pipeline) run in that same transaction.
+pipeline's routing and job creation (``jobs.route_study``) run in that same transaction.
 
 Instances that arrive after completion re-open the study; it completes again after the next
 idle period. Nothing here creates a study row: only a stored instance does, so an upload that
@@ -11,7 +11,6 @@ that the idle timer still completes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -19,9 +18,6 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import Series, Study, StudyEvent, utcnow
-
-# Called with (session, study) inside the completing transaction.
-COMPLETE_LISTENERS: list[Callable[[Session, Study], None]] = []
 
 # Provisional domain by modality, only for the per-domain idle time; routing decides the rest.
 _MODALITY_DOMAIN = {"CR": "cxr", "DX": "cxr", "CT": "ct", "ECG": "ecg", "SM": "pathology"}
@@ -68,8 +64,9 @@ def _try_complete(session: Session, study_id: int, reason: str,
     study = session.get(Study, study_id)
     session.refresh(study)
     add_event(session, study, "complete", reason=reason)
-    for listener in COMPLETE_LISTENERS:
-        listener(session, study)
+    from app.pipeline import jobs  # routing and jobs are created in this same transaction
+
+    jobs.route_study(session, study)
     session.commit()
     return True
 

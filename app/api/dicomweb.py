@@ -1,0 +1,258 @@
+"""DICOMweb under ``/dicomweb`` (PS3.18): STOW-RS (10.5), QIDO-RS (10.6), WADO-RS (10.4).
+
+Thin: parse the request, authorise (STOW needs ``pacs``; search and retrieval ``pacs`` or
+``clinician``; ``admin`` passes everywhere), call ``app.dicom.stow`` / ``app.dicom.wado``,
+write the audit event, serialise. See docs/dicomweb.md for the conformance notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import anyio.from_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
+
+from app.api.deps import get_session, require
+from app.api.problems import Problem
+from app.config import get_settings
+from app.db.session import session_factory
+from app.dicom import stow, wado
+from app.dicom.multipart import content_type, new_boundary, write_parts
+from app.dicom.query import QueryError
+from app.security import audit
+from app.security.keys import Principal
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+WRITE = require("pacs")
+READ = require("pacs", "clinician")
+DICOM_JSON = "application/dicom+json"
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def _audit(session: Session, p: Principal, action: str, resource_type: str,
+           resource_id: str = "", outcome: str = "success", **detail: object) -> None:
+    audit.record(session, p.actor, action, resource_type, resource_id, outcome, detail or None)
+    session.commit()
+
+
+# -- STOW-RS ---------------------------------------------------------------------------------
+def _body_chunks(request: Request) -> Iterator[bytes]:
+    """The request body as a blocking iterator, for the worker thread that spools it."""
+    stream = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                chunk = anyio.from_thread.run(stream.__anext__)
+            except StopAsyncIteration:
+                return
+            except ClientDisconnect as exc:
+                raise stow.BodyError(400, "upload-interrupted",
+                                     "the client went away before the body was complete; "
+                                     "nothing was stored") from exc
+            if chunk:
+                yield chunk
+    finally:
+        anyio.from_thread.run(stream.aclose)
+
+
+def _audit_stow(session: Session, p: Principal, result: stow.StowResult) -> None:
+    for resource_type, resource_id, outcome, detail in result.audit_events():
+        audit.record(session, p.actor, "dicomweb.store", resource_type, resource_id, outcome,
+                     detail)
+    session.commit()
+
+
+async def _stow(request: Request, p: Principal, session: Session,
+                study: str | None) -> Response:
+    session.commit()  # end the key lookup's read transaction before a long upload
+    limit = get_settings().max_upload_bytes
+    try:
+        stow.request_boundary(request.headers.get("content-type"))
+        stow.check_declared_length(request.headers.get("content-length"), limit)
+        result = await anyio.to_thread.run_sync(
+            lambda: stow.stow(session_factory(get_settings().db_url), _body_chunks(request),
+                              request.headers.get("content-type"), limit,
+                              _base_url(request), study))
+    except stow.BodyError as exc:
+        reason = exc.detail
+        await anyio.to_thread.run_sync(lambda: _audit(
+            session, p, "dicomweb.store", "study", study or "", "failure", reason=reason))
+        raise Problem(exc.status, exc.slug, exc.detail) from exc
+    await anyio.to_thread.run_sync(_audit_stow, session, p, result)
+    return JSONResponse(result.body, status_code=result.status, media_type=DICOM_JSON)
+
+
+@router.post("/studies")
+async def store_instances(request: Request, p: Principal = Depends(WRITE),
+                          session: Session = Depends(get_session)) -> Response:
+    """STOW-RS: store the Part 10 instances of a multipart/related body."""
+    return await _stow(request, p, session, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(study: str, request: Request, p: Principal = Depends(WRITE),
+                                session: Session = Depends(get_session)) -> Response:
+    """STOW-RS to one study: instances of another study fail with 0xA900."""
+    return await _stow(request, p, session, study)
+
+
+# -- QIDO-RS ---------------------------------------------------------------------------------
+def _search(request: Request, p: Principal, session: Session, level: str,
+            study: str | None = None, series: str | None = None) -> Response:
+    try:
+        wado.check_accept_json(request.headers.get("accept"))
+        req = wado.parse_search(level, list(request.query_params.multi_items()), study, series)
+        results, more = wado.run_search(session, req, _base_url(request))
+    except wado.NotAcceptable as exc:
+        raise Problem(406, "not-acceptable", str(exc)) from exc
+    except QueryError as exc:
+        raise Problem(400, "bad-query", str(exc)) from exc
+    _audit(session, p, "dicomweb.search", level.lower(), study or "",
+           query=str(request.query_params), results=len(results))
+    warnings = list(req.warnings)
+    if more:
+        warnings.append(f'299 MedGate "more than {req.limit} matches; ask again with '
+                        f'offset={req.query.offset + req.limit}"')
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
+    # PS3.18 10.6.3.2: no match is 200 with an empty array (MedGate's choice over 204).
+    return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies")
+def search_studies(request: Request, p: Principal = Depends(READ),
+                   session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "STUDY")
+
+
+@router.get("/series")
+def search_all_series(request: Request, p: Principal = Depends(READ),
+                      session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "SERIES")
+
+
+@router.get("/instances")
+def search_all_instances(request: Request, p: Principal = Depends(READ),
+                         session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "INSTANCE")
+
+
+@router.get("/studies/{study}/series")
+def search_series(study: str, request: Request, p: Principal = Depends(READ),
+                  session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "SERIES", study)
+
+
+@router.get("/studies/{study}/instances")
+def search_study_instances(study: str, request: Request, p: Principal = Depends(READ),
+                           session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "INSTANCE", study)
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+def search_series_instances(study: str, series: str, request: Request,
+                            p: Principal = Depends(READ),
+                            session: Session = Depends(get_session)) -> Response:
+    return _search(request, p, session, "INSTANCE", study, series)
+
+
+# -- WADO-RS ---------------------------------------------------------------------------------
+def _refs(session: Session, p: Principal, action: str, study: str, series: str | None,
+          sop: str | None) -> list[wado.InstanceRef]:
+    try:
+        return wado.find_instances(session, study, series, sop)
+    except wado.NotFound as exc:
+        _audit(session, p, action, *_resource(study, series, sop), "not-found")
+        raise Problem(404, "not-found", str(exc)) from exc
+
+
+def _resource(study: str, series: str | None, sop: str | None) -> tuple[str, str]:
+    return ("instance", sop) if sop else ("series", series) if series else ("study", study)
+
+
+def _retrieve(request: Request, p: Principal, session: Session, study: str,
+              series: str | None = None, sop: str | None = None) -> Response:
+    refs = _refs(session, p, "dicomweb.retrieve", study, series, sop)
+    try:
+        wado.check_accept_dicom(request.headers.get("accept"),
+                                {r.transfer_syntax_uid for r in refs})
+    except wado.NotAcceptable as exc:
+        raise Problem(406, "not-acceptable", str(exc)) from exc
+    _audit(session, p, "dicomweb.retrieve", *_resource(study, series, sop),
+           instances=len(refs))
+    boundary = new_boundary()
+    return StreamingResponse(wado.multipart_instances(refs, boundary),
+                             media_type=content_type(boundary))
+
+
+def _metadata(request: Request, p: Principal, session: Session, study: str,
+              series: str | None = None, sop: str | None = None) -> Response:
+    try:
+        wado.check_accept_json(request.headers.get("accept"))
+    except wado.NotAcceptable as exc:
+        raise Problem(406, "not-acceptable", str(exc)) from exc
+    refs = _refs(session, p, "dicomweb.metadata", study, series, sop)
+    _audit(session, p, "dicomweb.metadata", *_resource(study, series, sop),
+           instances=len(refs))
+    return StreamingResponse(wado.metadata_json(refs, _base_url(request)),
+                             media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study}")
+def retrieve_study(study: str, request: Request, p: Principal = Depends(READ),
+                   session: Session = Depends(get_session)) -> Response:
+    return _retrieve(request, p, session, study)
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(study: str, series: str, request: Request, p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    return _retrieve(request, p, session, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}")
+def retrieve_instance(study: str, series: str, sop: str, request: Request,
+                      p: Principal = Depends(READ),
+                      session: Session = Depends(get_session)) -> Response:
+    return _retrieve(request, p, session, study, series, sop)
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request, p: Principal = Depends(READ),
+                   session: Session = Depends(get_session)) -> Response:
+    return _metadata(request, p, session, study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(study: str, series: str, request: Request, p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    return _metadata(request, p, session, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+def instance_metadata(study: str, series: str, sop: str, request: Request,
+                      p: Principal = Depends(READ),
+                      session: Session = Depends(get_session)) -> Response:
+    return _metadata(request, p, session, study, series, sop)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}")
+def instance_bulkdata(study: str, series: str, sop: str, tag_path: str, request: Request,
+                      p: Principal = Depends(READ),
+                      session: Session = Depends(get_session)) -> Response:
+    """The BulkDataURIs of /metadata (PS3.18 10.4.1.1.5)."""
+    refs = _refs(session, p, "dicomweb.bulkdata", study, series, sop)
+    try:
+        bulk = wado.bulkdata(refs[0], tag_path)
+    except wado.NotFound as exc:
+        raise Problem(404, "not-found", str(exc)) from exc
+    _audit(session, p, "dicomweb.bulkdata", "instance", sop, element=tag_path)
+    boundary = new_boundary()
+    return StreamingResponse(write_parts(bulk.parts, boundary),
+                             media_type=content_type(boundary, bulk.media_type))

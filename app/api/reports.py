@@ -1,0 +1,175 @@
+"""Reports: the worklist, one report with its evidence and versions, and the clinician's
+actions (edit, sign, amend, correct, withdraw). Every write needs the ETag it was based on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.deps import get_session, require
+from app.api.problems import Problem
+from app.db.models import Patient, Report, Study
+from app.dicom.studies import timeline
+from app.reports import service
+from app.reports.lifecycle import STATES, IllegalTransition
+from app.security import audit
+from app.security.keys import Principal
+
+router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
+CLINICIAN = ("clinician",)
+
+
+class EditBody(BaseModel):
+    sections: dict[str, str]
+
+
+class ActionBody(BaseModel):
+    reason: str | None = None
+    sections: dict[str, str] | None = None
+
+
+def _load(session: Session, report_id: int, p: Principal, action: str) -> Report:
+    report = session.get(Report, report_id)
+    if report is None:
+        audit.record(session, p.actor, action, "report", str(report_id), outcome="not_found")
+        session.commit()
+        raise Problem(404, "not-found", f"no report {report_id}")
+    return report
+
+
+def _body(session: Session, report: Report, response: Response,
+          number: int | None = None) -> dict:
+    study = session.get(Study, report.study_fk)
+    body = service.report_dict(session, report, number, timeline=timeline(study))
+    if "etag" in body and number is None:
+        response.headers["ETag"] = body["etag"]
+    return body
+
+
+@router.get("")
+def worklist(p: Principal = Depends(require(*CLINICIAN)),
+             session: Session = Depends(get_session), state: list[str] | None = Query(None),
+             domain: str | None = None, patient_id: str | None = None,
+             since: datetime | None = None, until: datetime | None = None,
+             limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
+    bad = [s for s in state or [] if s not in STATES]
+    if bad:
+        raise Problem(422, "validation-error", f"unknown state(s) {bad}; states: {STATES}")
+    stmt = (select(Report, Study, Patient.patient_id).join(Study, Report.study_fk == Study.id)
+            .join(Patient, Study.patient_fk == Patient.id))
+    if state:
+        stmt = stmt.where(Report.state.in_(state))
+    if domain:
+        stmt = stmt.where(Report.domain == domain)
+    if patient_id:
+        stmt = stmt.where(Patient.patient_id == patient_id)
+    if since:
+        stmt = stmt.where(Report.created_at >= since)
+    if until:
+        stmt = stmt.where(Report.created_at <= until)
+    # Highest priority first; within a priority the oldest waits least long.
+    rows = session.execute(stmt.order_by(Report.priority.desc(), Report.created_at, Report.id)
+                           .limit(limit).offset(offset)).all()
+    audit.record(session, p.actor, "report.list", "report", "", detail={"count": len(rows)})
+    session.commit()
+    return {"reports": [service.worklist_item(r, s, pid) for r, s, pid in rows],
+            "limit": limit, "offset": offset}
+
+
+@router.get("/{report_id}")
+def get_report(report_id: int, response: Response, p: Principal = Depends(require(*CLINICIAN)),
+               session: Session = Depends(get_session)) -> dict:
+    report = _load(session, report_id, p, "report.read")
+    audit.record(session, p.actor, "report.read", "report", str(report_id))
+    session.commit()
+    return _body(session, report, response)
+
+
+@router.get("/{report_id}/versions/{number}")
+def get_version(report_id: int, number: int, response: Response,
+                p: Principal = Depends(require(*CLINICIAN)),
+                session: Session = Depends(get_session)) -> dict:
+    report = _load(session, report_id, p, "report.read")
+    if not any(v.number == number for v in report.versions):
+        raise Problem(404, "not-found", f"report {report_id} has no version {number}")
+    audit.record(session, p.actor, "report.read", "report", str(report_id),
+                 detail={"version": number})
+    session.commit()
+    return _body(session, report, response, number)
+
+
+def _act(session: Session, report_id: int, p: Principal, action: str, if_match: str | None,
+         response: Response, sections: dict[str, str] | None = None,
+         reason: str | None = None) -> dict:
+    report = _load(session, report_id, p, f"report.{action}")
+    outcome, problem = "success", None
+    if not if_match:
+        outcome, problem = "refused", Problem(
+            428, "precondition-required", "send the report's ETag in If-Match")
+    else:
+        try:
+            service.apply(session, report, action, p.actor, if_match, sections, reason)
+        except service.StaleETag as exc:
+            outcome, problem = "stale", Problem(
+                412, "precondition-failed", str(exc), current_etag=exc.current)
+        except IllegalTransition as exc:
+            outcome, problem = "conflict", Problem(
+                409, "illegal-transition", str(exc), state=exc.state, allowed=exc.allowed)
+        except service.ReportInputError as exc:
+            outcome, problem = "invalid", Problem(422, "validation-error", str(exc))
+    if problem is not None:
+        session.rollback()
+        audit.record(session, p.actor, f"report.{action}", "report", str(report_id),
+                     outcome=outcome)
+        session.commit()
+        raise problem
+    audit.record(session, p.actor, f"report.{action}", "report", str(report_id),
+                 detail={"version": report.current_version, "state": report.state})
+    session.commit()
+    if action in ("sign", "amend", "correct"):
+        _index_case(report)
+    return _body(session, report, response)
+
+
+def _index_case(report: Report) -> None:
+    """Signed reports join the domain's case index for retrieval of similar cases."""
+    try:
+        from app.rag.cases import add_case
+    except ImportError:
+        return
+    text = " ".join(report.versions[-1].sections.values())
+    try:
+        add_case(report.domain, str(report.id), text)
+    except Exception:  # noqa: BLE001 - the signature stands even if indexing fails
+        import logging
+
+        logging.getLogger("medgate.reports").exception("case index update failed")
+
+
+@router.patch("/{report_id}")
+def edit(report_id: int, body: EditBody, response: Response,
+         if_match: str | None = Header(None), p: Principal = Depends(require(*CLINICIAN)),
+         session: Session = Depends(get_session)) -> dict:
+    return _act(session, report_id, p, "edit", if_match, response, sections=body.sections)
+
+
+def _action_route(action: str):  # noqa: ANN202 - a route handler
+    def handler(report_id: int, response: Response, body: ActionBody | None = None,
+                if_match: str | None = Header(None),
+                p: Principal = Depends(require(*CLINICIAN)),
+                session: Session = Depends(get_session)) -> dict:
+        body = body or ActionBody()
+        return _act(session, report_id, p, action, if_match, response, body.sections,
+                    body.reason)
+
+    handler.__name__ = action
+    return handler
+
+
+for _action in ("sign", "amend", "correct", "withdraw"):
+    router.add_api_route(f"/{{report_id}}/{_action}", _action_route(_action), methods=["POST"],
+                         name=f"report_{_action}")

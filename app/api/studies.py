@@ -1,0 +1,81 @@
+"""Studies: list, inspect, complete, delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.orm import Session
+
+from app.api.deps import get_session, require
+from app.api.problems import Problem
+from app.config import get_settings
+from app.db.session import session_factory
+from app.dicom import studies
+from app.pipeline import grouping
+from app.security import audit
+from app.security.keys import Principal
+
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+READERS = ("clinician", "pacs")
+
+
+def _study_or_404(session: Session, uid: str, p: Principal, action: str):  # noqa: ANN202
+    study = studies.get(session, uid)
+    if study is None:
+        audit.record(session, p.actor, action, "study", uid, outcome="not_found")
+        session.commit()
+        raise Problem(404, "not-found", f"no study {uid}")
+    return study
+
+
+@router.get("")
+def list_studies(p: Principal = Depends(require(*READERS)),
+                 session: Session = Depends(get_session), patient_id: str | None = None,
+                 state: str | None = None, domain: str | None = None,
+                 route_status: str | None = Query(None, description="routed or unrouted"),
+                 modality: str | None = None, accession_number: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
+    items, total = studies.list_studies(
+        session, patient_id=patient_id, state=state, domain=domain, route_status=route_status,
+        modality=modality, accession=accession_number, since=since, until=until, limit=limit,
+        offset=offset)
+    audit.record(session, p.actor, "study.list", "study", "",
+                 detail={"count": len(items), "patient_id": patient_id})
+    session.commit()
+    return {"studies": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{study_uid}")
+def get_study(study_uid: str, p: Principal = Depends(require(*READERS)),
+              session: Session = Depends(get_session)) -> dict:
+    study = _study_or_404(session, study_uid, p, "study.read")
+    body = studies.detail(session, study)
+    audit.record(session, p.actor, "study.read", "study", study_uid)
+    session.commit()
+    return body
+
+
+@router.post("/{study_uid}/complete")
+def complete(study_uid: str, p: Principal = Depends(require(*READERS)),
+             session: Session = Depends(get_session)) -> dict:
+    _study_or_404(session, study_uid, p, "study.complete")
+    done = grouping.complete_study(session_factory(get_settings().db_url), study_uid,
+                                   reason=f"requested by {p.actor}")
+    audit.record(session, p.actor, "study.complete", "study", study_uid,
+                 outcome="success" if done else "noop")
+    session.commit()
+    session.expire_all()
+    study = studies.get(session, study_uid)
+    return {"study_uid": study_uid, "completed_now": bool(done), "state": study.state,
+            "route_status": study.route_status, "domain": study.domain}
+
+
+@router.delete("/{study_uid}")
+def delete_study(study_uid: str, p: Principal = Depends(require("admin")),
+                 session: Session = Depends(get_session)) -> dict:
+    study = _study_or_404(session, study_uid, p, "study.delete")
+    audit.record(session, p.actor, "study.delete", "study", study_uid)
+    removed = studies.delete(session, study)
+    return {"study_uid": study_uid, "deleted_instances": removed}

@@ -1,0 +1,52 @@
+"""Prometheus metrics. Workers and the API are separate processes, so prometheus_client runs in
+multiprocess mode with its files under ``<data dir>/metrics``: /metrics on the API aggregates
+every process on the host. A worker on another host serves its own with
+``medgate worker --metrics-port``.
+
+This module must be imported before anything else imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from app.config import get_settings
+
+_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if not _dir:
+    _dir = str((get_settings().data_dir / "metrics").resolve())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _dir
+Path(_dir).mkdir(parents=True, exist_ok=True)
+
+from prometheus_client import (  # noqa: E402 - the environment must be set first
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+QUEUE_WAIT = Histogram("medgate_job_queue_wait_seconds",
+                       "Time from a job being queued to a worker starting it", ["domain"],
+                       buckets=BUCKETS)
+JOB_RUN = Histogram("medgate_job_run_seconds", "Time a worker spends on one job", ["domain"],
+                    buckets=BUCKETS)
+ENGINE_RUN = Histogram("medgate_engine_run_seconds", "Time one engine spends on one study",
+                       ["domain", "engine"], buckets=BUCKETS)
+INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
+
+
+def render() -> tuple[bytes, str]:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=_dir)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def clear_dead_process_files() -> None:
+    """At `serve` start: files of processes that no longer exist would count forever."""
+    for f in Path(_dir).glob("*.db"):
+        f.unlink(missing_ok=True)
