@@ -67,6 +67,12 @@ def test_complete_study_becomes_draft_then_edit_sign_amend(setup, api, auth, wor
     v1 = api.get(f"/api/v1/reports/{rid}/versions/1", headers=clin).json()
     assert v1["version"]["state"] == "draft" and v1["sections"]["impression"] == ""
 
+    # The worker's timings reach the API's /metrics (one folder for every process on the host).
+    metrics = api.get("/metrics").text
+    assert 'medgate_job_queue_wait_seconds_count{domain="ct"}' in metrics
+    assert 'medgate_job_run_seconds_count{domain="ct"}' in metrics
+    assert 'medgate_engine_run_seconds_count{domain="ct",engine="technical"}' in metrics
+
 
 def test_redelivered_message_makes_no_second_draft(setup, api, auth, worker_factory):
     from app.db.models import Job, ReportVersion
