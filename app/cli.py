@@ -18,6 +18,9 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+kb_app = typer.Typer(help="Knowledge base: check and build the retrieval indexes.",
+                     no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
 console = Console(stderr=True)
 
 
@@ -213,6 +216,54 @@ def dicom_scp(port: Annotated[int, typer.Option(help="DICOM port (default: setti
     console.print(f"DICOM SCP {s.ae_title} on {s.dicom_host}:{s.dicom_port} "
                   f"(data: {s.data_dir.resolve()}); Ctrl-C stops it")
     serve_forever(s)
+
+
+@kb_app.command("check")
+def kb_check(root: Annotated[str, typer.Option(help="corpus folder")] = "") -> None:
+    """Check every entry: fields, ids, domains, sections. Exit 1 when anything is wrong."""
+    from pathlib import Path
+
+    from app.rag.corpus import check, default_corpus_root, entry_files
+
+    folder = Path(root) if root else default_corpus_root()
+    problems = check(folder)
+    for p in problems:
+        typer.echo(p)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {folder}")
+        raise typer.Exit(1)
+    console.print(f"{len(entry_files(folder))} entries in {folder}: no problems")
+
+
+@kb_app.command("build")
+def kb_build(root: Annotated[str, typer.Option(help="corpus folder")] = "",
+             force: Annotated[bool, typer.Option(help="rebuild even if current")] = False
+             ) -> None:
+    """Embed the corpus into one index per domain (only when the corpus or embedder changed)."""
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from app.rag.corpus import CorpusError
+    from app.rag.index import build
+
+    with Progress(console=console) as progress:
+        tasks: dict[str, object] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        try:
+            result = build(Path(root) if root else None, progress=report, force=force)
+        except CorpusError as exc:
+            for p in exc.problems:
+                typer.echo(p)
+            raise typer.Exit(1) from exc
+    state = "rebuilt" if result.rebuilt else "already current"
+    console.print(f"{state}: {result.counts} with {result.embedder} in {result.out_dir} "
+                  f"({result.seconds:.1f} s)")
 
 
 def main() -> None:

@@ -62,6 +62,16 @@ def _body_chunks(request: Request) -> Iterator[bytes]:
         anyio.from_thread.run(stream.aclose)
 
 
+def _receive_and_store(request: Request, study: str | None, limit: int) -> stow.StowResult:
+    """Runs in a worker thread: the body is pulled from the event loop chunk by chunk."""
+    chunks = _body_chunks(request)
+    try:
+        return stow.stow(session_factory(get_settings().db_url), chunks,
+                         request.headers.get("content-type"), limit, _base_url(request), study)
+    finally:
+        chunks.close()
+
+
 def _audit_stow(session: Session, p: Principal, result: stow.StowResult) -> None:
     for resource_type, resource_id, outcome, detail in result.audit_events():
         audit.record(session, p.actor, "dicomweb.store", resource_type, resource_id, outcome,
@@ -74,12 +84,13 @@ async def _stow(request: Request, p: Principal, session: Session,
     session.commit()  # end the key lookup's read transaction before a long upload
     limit = get_settings().max_upload_bytes
     try:
+        wado.check_accept_json(request.headers.get("accept"))
+    except wado.NotAcceptable as exc:
+        raise Problem(406, "not-acceptable", f"the Store response is {DICOM_JSON}") from exc
+    try:
         stow.request_boundary(request.headers.get("content-type"))
         stow.check_declared_length(request.headers.get("content-length"), limit)
-        result = await anyio.to_thread.run_sync(
-            lambda: stow.stow(session_factory(get_settings().db_url), _body_chunks(request),
-                              request.headers.get("content-type"), limit,
-                              _base_url(request), study))
+        result = await anyio.to_thread.run_sync(_receive_and_store, request, study, limit)
     except stow.BodyError as exc:
         reason = exc.detail
         await anyio.to_thread.run_sync(lambda: _audit(
@@ -118,10 +129,11 @@ def _search(request: Request, p: Principal, session: Session, level: str,
            query=str(request.query_params), results=len(results))
     warnings = list(req.warnings)
     if more:
-        warnings.append(f'299 MedGate "more than {req.limit} matches; ask again with '
-                        f'offset={req.query.offset + req.limit}"')
+        warnings.append(f'299 MedGate "The number of results exceeded the maximum of '
+                        f'{req.limit} supported by the server; additional results can be '
+                        f'requested with offset={req.query.offset + req.limit}"')
     headers = {"Warning": ", ".join(warnings)} if warnings else None
-    # PS3.18 10.6.3.2: no match is 200 with an empty array (MedGate's choice over 204).
+    # PS3.18 10.6.3: no match is 200 with an empty array (MedGate's choice over 204).
     return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
 
 

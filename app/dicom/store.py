@@ -233,7 +233,8 @@ def _get_or_create_study(session: Session, ds: Dataset, study_uid: str,
     return study, created
 
 
-def _get_or_create_series(session: Session, ds: Dataset, series_uid: str, study: Study) -> Series:
+def _get_or_create_series(session: Session, ds: Dataset, series_uid: str, study: Study,
+                          sop_class: str = "", sop_inst: str = "") -> Series:
     series = session.scalar(select(Series).where(Series.series_uid == series_uid))
     if series is None:
         series = Series(series_uid=series_uid, study_fk=study.id,
@@ -245,7 +246,8 @@ def _get_or_create_series(session: Session, ds: Dataset, series_uid: str, study:
         session.flush()
     elif series.study_fk != study.id:
         raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                         f"series {series_uid} already belongs to another study")
+                         f"series {series_uid} already belongs to another study",
+                         sop_class, sop_inst)
     return series
 
 
@@ -296,7 +298,7 @@ def _index_and_move(session_factory, ds: Dataset, tmp: Path, sha256: str, size: 
                              " the first copy is kept", sop_class, sop_inst)
         patient = _get_or_create_patient(session, ds)
         study, _ = _get_or_create_study(session, ds, study_uid, patient)
-        series = _get_or_create_series(session, ds, series_uid, study)
+        series = _get_or_create_series(session, ds, series_uid, study, sop_class, sop_inst)
         session.add(Instance(sop_instance_uid=sop_inst, series_fk=series.id,
                              sop_class_uid=sop_class,
                              instance_number=_int(ds, "InstanceNumber"),

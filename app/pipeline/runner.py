@@ -114,19 +114,21 @@ def resolve_spec(session: Session, family: str):  # noqa: ANN201 - ModelSpec
                      weights_path=weights, sha256=row.sha256, config=row.config or {})
 
 
-def knowledge_lookup():  # noqa: ANN201 - the composer's knowledge callable, or None
-    try:
-        from app.rag.search import get_entry
-    except ImportError:
-        return None
+_CORPUS: dict[str, dict[str, Any]] | None = None
 
-    def lookup(entry_id: str) -> dict[str, Any] | None:
-        try:
-            return get_entry(entry_id)
-        except (KeyError, LookupError, ValueError):
-            return None
 
-    return lookup
+def knowledge_lookup():  # noqa: ANN201 - the composer's knowledge callable
+    """Entries by id, read from the corpus files once per process. Citing an entry needs its
+    title, not the search index, so a worker never waits for embeddings to cite."""
+    global _CORPUS
+    if _CORPUS is None:
+        from app.rag.corpus import default_corpus_root, load_corpus
+
+        root = default_corpus_root()
+        _CORPUS = ({e.id: e.to_dict() for e in load_corpus(root, strict=False)}
+                   if root.is_dir() else {})
+    corpus = _CORPUS
+    return corpus.get
 
 
 def load_plugins() -> None:

@@ -1,0 +1,294 @@
+"""STOW-RS below the router: the Studies Store Transaction of PS3.18 10.5.
+
+Receiving and storing are two phases, so that a broken request changes nothing:
+
+1. **receive** - the ``multipart/related; type="application/dicom"`` body is parsed as it
+   streams in (:class:`app.dicom.multipart.MultipartReader`); each part goes straight to its own
+   temporary file under ``store/tmp`` through :func:`app.dicom.store.spool`. Memory holds one
+   network chunk at a time, whatever the size of the upload.
+2. **store** - only once the close delimiter has arrived and the whole body stayed within
+   ``max_upload_bytes`` is each spooled part validated, indexed and moved into the store by
+   :func:`app.dicom.store.store_spooled`, one by one, each with its own outcome.
+
+Any body-level failure - the Content-Type is not ours (415), the boundary never appears or the
+body ends before the close delimiter (400), the body grows past the size limit (413), the client
+goes away - removes every temporary file of the request and stores nothing: no file, no row.
+
+The response is the Store Instances Response Module (PS3.18 10.5.3, Annex I) as DICOM JSON:
+ReferencedSOPSequence for stored instances (with their RetrieveURL), FailedSOPSequence with a
+FailureReason for each refused one, and the study's RetrieveURL when the request concerned one
+study. This module never talks HTTP; it gets chunks and returns a result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from app.dicom import dicomjson, store
+from app.dicom.multipart import MultipartError, MultipartReader, parse_media_type
+from app.dicom.store import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Stored, StoreError
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+SOURCE = "stow-rs"
+# After a body-level error, read (and discard) at most this much more of the body so that a
+# client that is still sending can read our answer instead of a reset connection.
+DRAIN_CAP = 8 * 1024 * 1024
+_BINARY_ENCODINGS = {"", "binary", "8bit", "7bit"}
+
+
+class BodyError(Exception):
+    """The request body as a whole is refused; nothing of it was stored."""
+
+    def __init__(self, status: int, slug: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+
+
+def request_boundary(content_type: str | None) -> str:
+    """The boundary of a STOW-RS request, or BodyError (PS3.18 10.5.1.2: 415 for a media type
+    the origin server does not support, 400 for a multipart header it cannot use)."""
+    mt = parse_media_type(content_type or "")
+    if mt.type != "multipart/related":
+        raise BodyError(415, "unsupported-media-type",
+                        f"STOW-RS takes multipart/related; type=\"{DICOM}\", not "
+                        f"{mt.type or 'a body without Content-Type'}")
+    part_type = parse_media_type(mt.params.get("type", DICOM)).type
+    if part_type != DICOM:
+        raise BodyError(415, "unsupported-media-type",
+                        f"multipart/related of type {part_type!r} is not supported; MedGate "
+                        f"stores type=\"{DICOM}\" (Part 10 files)")
+    boundary = mt.params.get("boundary", "")
+    if not boundary:
+        raise BodyError(400, "malformed-multipart", "the Content-Type has no boundary parameter")
+    return boundary
+
+
+def check_declared_length(content_length: str | None, limit: int) -> None:
+    """Refuse before reading when the declared body is already over the limit."""
+    if content_length and content_length.strip().isdigit() and int(content_length) > limit:
+        raise BodyError(413, "payload-too-large",
+                        f"the body of {int(content_length)} bytes exceeds the upload limit of "
+                        f"{limit} bytes (MEDGATE_MAX_UPLOAD_BYTES); nothing was stored")
+
+
+@dataclass
+class Received:
+    """One part, spooled (``tmp``) or refused before storing (``refused``)."""
+
+    index: int
+    tmp: Path | None = None
+    sha256: str = ""
+    size: int = 0
+    refused: StoreError | None = None
+
+
+@dataclass
+class Outcome:
+    index: int
+    stored: Stored | None = None
+    error: StoreError | None = None
+
+
+@dataclass
+class StowResult:
+    status: int
+    body: dict
+    outcomes: list[Outcome]
+    body_bytes: int = 0
+    peak_buffered: int = 0
+    studies: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> list[Stored]:
+        return [o.stored for o in self.outcomes if o.stored is not None]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    def audit_events(self) -> Iterator[tuple[str, str, str, dict]]:
+        """(resource_type, resource_id, outcome, detail) for the audit log: one per study that
+        received instances, one for the refused parts."""
+        for study in self.studies:
+            mine = [s for s in self.stored if s.study_uid == study]
+            yield ("study", study, "success",
+                   {"stored": sum(s.created for s in mine), "already_stored":
+                    sum(not s.created for s in mine)})
+        if self.failed:
+            yield ("study", self.studies[0] if len(self.studies) == 1 else "", "failure",
+                   {"failed": [{"part": o.index + 1, "sop_instance_uid": o.error.sop_instance_uid,
+                                "reason": f"0x{o.error.status:04X}", "detail": o.error.reason}
+                               for o in self.failed]})
+
+
+def _limited(source: Iterator[bytes], limit: int, counter: list[int]) -> Iterator[bytes]:
+    for chunk in source:
+        counter[0] += len(chunk)
+        if counter[0] > limit:
+            raise BodyError(413, "payload-too-large",
+                            f"the body exceeds the upload limit of {limit} bytes "
+                            "(MEDGATE_MAX_UPLOAD_BYTES); nothing was stored")
+        yield chunk
+
+
+def _drain(source: Iterator[bytes], cap: int = DRAIN_CAP) -> None:
+    seen = 0
+    try:
+        for chunk in source:
+            seen += len(chunk)
+            if seen > cap:
+                return
+    except Exception:  # noqa: BLE001 - the request failed already; this is courtesy only
+        return
+
+
+def discard(received: Iterable[Received]) -> None:
+    for r in received:
+        if r.tmp is not None:
+            r.tmp.unlink(missing_ok=True)
+
+
+def receive(chunks: Iterable[bytes], boundary: str,
+            limit: int) -> tuple[list[Received], MultipartReader, int]:
+    """Phase 1: spool every part. Returns (parts, reader, body bytes); BodyError leaves
+    nothing behind."""
+    source = iter(chunks)
+    counter = [0]
+    received: list[Received] = []
+    try:
+        reader = MultipartReader(_limited(source, limit, counter), boundary)
+        for part in reader:
+            ptype = parse_media_type(part.content_type).type if part.content_type else DICOM
+            encoding = part.headers.get("content-transfer-encoding", "").strip().lower()
+            if ptype != DICOM or encoding not in _BINARY_ENCODINGS:
+                part.drain()
+                what = ptype if ptype != DICOM else f"Content-Transfer-Encoding {encoding}"
+                received.append(Received(part.index, size=part.size, refused=StoreError(
+                    CANNOT_UNDERSTAND, f"part {part.index + 1} is {what}; the Store "
+                    f"transaction takes {DICOM} parts in binary")))
+                continue
+            tmp, sha, size = store.spool(part.chunks())
+            received.append(Received(part.index, tmp, sha, size))
+        if not received:
+            raise BodyError(400, "malformed-multipart", "the multipart body has no parts")
+    except MultipartError as exc:
+        discard(received)
+        _drain(source)
+        raise BodyError(400, "malformed-multipart", str(exc)) from exc
+    except BodyError as exc:
+        discard(received)
+        if exc.slug != "upload-interrupted":
+            _drain(source)
+        raise
+    except BaseException:
+        discard(received)
+        raise
+    return received, reader, counter[0]
+
+
+def store_received(session_factory, received: list[Received],
+                   expected_study: str | None = None) -> list[Outcome]:
+    """Phase 2: store each spooled part; every part gets an outcome, none is left on disk."""
+    outcomes: list[Outcome] = []
+    try:
+        for r in received:
+            if r.refused is not None or r.tmp is None:
+                outcomes.append(Outcome(r.index, error=r.refused))
+                continue
+            tmp, r.tmp = r.tmp, None
+            try:
+                stored = store.store_spooled(session_factory, tmp, r.sha256, r.size,
+                                             expected_study=expected_study, source=SOURCE)
+                outcomes.append(Outcome(r.index, stored=stored))
+            except StoreError as exc:
+                outcomes.append(Outcome(r.index, error=exc))
+            except Exception as exc:  # noqa: BLE001 - one instance's failure is its own
+                log.exception("STOW-RS part %d could not be stored", r.index + 1)
+                outcomes.append(Outcome(r.index, error=StoreError(
+                    PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")))
+    finally:
+        discard(received)
+    return outcomes
+
+
+def http_status(outcomes: list[Outcome]) -> int:
+    """PS3.18 Table 10.5.3-1: 200 all stored; 202 some stored, some failed; none stored:
+    400 when every failure is bad syntax (0xCxxx, cannot understand), else 409 (conflict, e.g.
+    SOP Class not supported, study mismatch, duplicate, or a mixture of reasons)."""
+    failed = [o.error for o in outcomes if o.error is not None]
+    if not failed:
+        return 200
+    if len(failed) < len(outcomes):
+        return 202
+    if all(0xC000 <= e.status <= 0xCFFF for e in failed):
+        return 400
+    return 409
+
+
+def study_url(base_url: str, study: str) -> str:
+    return f"{base_url}/studies/{study}"
+
+
+def instance_url(base_url: str, study: str, series: str, sop: str) -> str:
+    return f"{base_url}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def response_dataset(outcomes: list[Outcome], base_url: str,
+                     expected_study: str | None = None) -> Dataset:
+    """The Store Instances Response Module (PS3.18 Table 10.5.3-2 / Annex I)."""
+    ds = Dataset()
+    stored = [o.stored for o in outcomes if o.stored is not None]
+    studies = sorted({s.study_uid for s in stored})
+    if expected_study or len(studies) == 1:
+        ds.RetrieveURL = study_url(base_url, expected_study or studies[0])
+    failed = [o.error for o in outcomes if o.error is not None]
+    if failed:
+        items = []
+        for err in failed:
+            item = Dataset()
+            item.ReferencedSOPClassUID = err.sop_class_uid or None
+            item.ReferencedSOPInstanceUID = err.sop_instance_uid or None
+            item.FailureReason = err.status
+            items.append(item)
+        ds.FailedSOPSequence = items
+    if stored:
+        items = []
+        for s in stored:
+            item = Dataset()
+            item.ReferencedSOPClassUID = s.sop_class_uid
+            item.ReferencedSOPInstanceUID = s.sop_instance_uid
+            item.RetrieveURL = instance_url(base_url, s.study_uid, s.series_uid,
+                                            s.sop_instance_uid)
+            items.append(item)
+        ds.ReferencedSOPSequence = items
+    return ds
+
+
+def stow(session_factory, chunks: Iterable[bytes], content_type: str | None, limit: int,
+         base_url: str, expected_study: str | None = None) -> StowResult:
+    """Receive a whole STOW-RS body, then store its instances; BodyError for a refused body."""
+    boundary = request_boundary(content_type)
+    received, reader, body_bytes = receive(chunks, boundary, limit)
+    outcomes = store_received(session_factory, received, expected_study)
+    for o in outcomes:
+        if o.error is not None:
+            log.info("STOW-RS part %d refused: 0x%04X %s", o.index + 1, o.error.status,
+                     o.error.reason)
+    ds = response_dataset(outcomes, base_url, expected_study)
+    studies = sorted({o.stored.study_uid for o in outcomes if o.stored is not None})
+    return StowResult(http_status(outcomes), dicomjson.dataset_json(ds), outcomes,
+                      body_bytes=body_bytes, peak_buffered=reader.peak_buffered,
+                      studies=studies)
+
+
+__all__ = ["BodyError", "StowResult", "check_declared_length", "receive", "request_boundary",
+           "response_dataset", "store_received", "stow"]
