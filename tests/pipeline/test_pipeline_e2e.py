@@ -15,9 +15,21 @@ def _report_for(api, auth, study_uid):
     return api.get(f"/api/v1/reports/{ids[0]}", headers=auth["clinician"])
 
 
+def stow(api, auth, path) -> str:
+    from app.dicom.multipart import content_type, file_chunks, new_boundary, write_parts
+
+    boundary = new_boundary()
+    body = b"".join(write_parts([({"Content-Type": "application/dicom"}, file_chunks(path))],
+                                boundary))
+    r = api.post("/dicomweb/studies", content=body,
+                 headers={**auth["pacs"], "Content-Type": content_type(boundary)})
+    assert r.status_code == 200, r.text
+    return r.json()["00081190"]["Value"][0].rsplit("/", 1)[-1]  # the study's RetrieveURL
+
+
 def test_complete_study_becomes_draft_then_edit_sign_amend(setup, api, auth, worker_factory):
     worker = worker_factory()
-    uid = store(CT_SMALL)
+    uid = stow(api, auth, CT_SMALL)  # stored by STOW-RS
     r = api.post(f"/api/v1/studies/{uid}/complete", headers=auth["pacs"])
     assert r.status_code == 200 and r.json()["completed_now"] and r.json()["domain"] == "ct"
     assert wait_jobs(uid, worker=worker) == ["done"]
