@@ -111,6 +111,8 @@ class Finding:
     knowledge: tuple[str, ...] = ()
     where: Where = field(default_factory=Where)
     criteria: str = ""
+    # False for a normal or descriptive statement (sinus rhythm, normal axis); None: unknown.
+    abnormal: bool | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.code) and bool(self.label), "finding needs a code and a label")
@@ -122,7 +124,8 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "label": self.label, "state": self.state, "score": self.score,
                 "evidence": list(self.evidence), "knowledge": list(self.knowledge),
-                "where": self.where.to_dict(), "criteria": self.criteria}
+                "where": self.where.to_dict(), "criteria": self.criteria,
+                "abnormal": self.abnormal}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ _KEY_INDEX = {alias: i for i, (_, aliases) in enumerate(KEY_MEASUREMENTS) for al
 _UNIT_WORDS = {"/min": "/min", "bpm": "/min", "{beats}/min": "/min", "1/min": "/min",
                "deg": "degrees", "°": "degrees", "um": "micrometres", "{pixels}": "pixels"}
 _NORMAL_CODES = {"norm", "normal", "normal_ecg", "no_finding", "nofinding", "no finding"}
-_NORMAL_LABEL = re.compile(r"^\s*(normal\b|within normal limits|unremarkable|"
+_NORMAL_LABEL = re.compile(r"^\s*(normal (ecg|study|examination|radiograph|chest|ct|slide)\b|"
+                           r"within normal limits|unremarkable|"
                            r"no (acute |significant )?(abnormalit|finding|disease))", re.IGNORECASE)
 
 
@@ -197,10 +198,18 @@ def _sentence_end(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def is_normal_statement(finding: Finding) -> bool:
-    """True for an explicit negative statement such as "Normal ECG" or "No finding"."""
+def is_global_normal(finding: Finding) -> bool:
+    """True for a whole-study negative statement such as "Normal ECG" or "No finding"."""
     code = finding.code.strip().lower()
     return code in _NORMAL_CODES or bool(_NORMAL_LABEL.match(finding.label))
+
+
+def is_normal_statement(finding: Finding) -> bool:
+    """True for a normal or descriptive statement: one its engine marks ``abnormal=False``
+    (sinus rhythm, normal axis), or a whole-study negative statement."""
+    if finding.abnormal is not None:
+        return not finding.abnormal
+    return is_global_normal(finding)
 
 
 def _tag(result: EngineResult) -> str:
@@ -366,8 +375,10 @@ def _finding_text(g: _Grouped) -> str:
 def _impression(grouped: list[_Grouped], warnings: list[str]) -> list[Sentence]:
     abnormal = [g for g in grouped if not is_normal_statement(g.finding)]
     normal = [g for g in grouped if is_normal_statement(g.finding)]
-    if abnormal and normal:
-        warnings.append("conflicting statements: " + ", ".join(g.finding.label for g in normal)
+    global_normal = [g for g in normal if is_global_normal(g.finding)]
+    if abnormal and global_normal:
+        warnings.append("conflicting statements: "
+                        + ", ".join(g.finding.label for g in global_normal)
                         + " reported alongside " + ", ".join(g.finding.label for g in abnormal)
                         + "; the impression lists the abnormal findings")
 

@@ -30,6 +30,10 @@ class Interpretation:
         return {f.code for f in self.findings if f.state in states}
 
 
+# Statements that describe a normal tracing; everything else this module states is abnormal.
+NORMAL_CODES = frozenset({"ecg-sinus-rhythm", "ecg-normal-axis", "ecg-normal-ecg"})
+
+
 def _fmt(x: float, nd: int = 0) -> str:
     return f"{x:.{nd}f}"
 
@@ -57,7 +61,7 @@ class _Rules:
             criteria: str, state: str = "present", lead: str | None = None,
             beats: tuple[int, ...] | None = None) -> Finding:
         f = Finding(code=code, label=label, state=state, evidence=evidence,
-                    knowledge=knowledge, criteria=criteria,
+                    knowledge=knowledge, criteria=criteria, abnormal=code not in NORMAL_CODES,
                     where=Where(lead=lead, beats=self.beats if beats is None else beats))
         self.out.findings.append(f)
         return f
