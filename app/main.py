@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, dicomweb, health, kb, reports, studies, system
+from app.api import admin, dicomweb, ecg, health, kb, reports, studies, system
 from app.api.problems import install as install_problems
 from app.config import get_settings
 
 ROUTERS = [health.router, system.router, admin.router, studies.router, reports.router,
-           dicomweb.router, kb.router]
+           dicomweb.router, kb.router, ecg.router]
 
 
 def create_app(start_services: bool = False) -> FastAPI:
