@@ -1,0 +1,114 @@
+"""The one entry point for knowledge retrieval: ``search`` and ``get_entry``.
+
+``search`` makes sure the index is built and current for this process (the first call per
+index folder checks the corpus hash and the embedder and rebuilds only if either changed),
+identifies the domain, runs the hybrid search in that domain's index and applies the adaptive
+selection rule.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from app.config import DOMAINS, get_settings
+from app.rag import index as kbindex
+from app.rag.cases import search_cases
+from app.rag.corpus import default_corpus_root
+from app.rag.domain import identify_domain
+from app.rag.embedder import embedder_name, get_embedder
+from app.rag.lexical import tokenize
+from app.rag.select import DEFAULT_FLOOR, DEFAULT_GAMMA, DEFAULT_K, adaptive_select
+
+_CHECKED: set[Path] = set()
+_CHECK_LOCK = threading.Lock()
+
+
+def ensure_index(
+    kb_dir: Path | None = None, corpus_root: Path | None = None
+) -> kbindex.KnowledgeBase:
+    """The loaded index, built first if missing or stale (checked once per process and folder).
+
+    The corpus is ``corpus_root``, else the one the index was last built from, else the default.
+    Without a corpus on disk, an index built with the configured embedder is used as it is.
+    """
+    out = Path(kb_dir or get_settings().kb_dir).resolve()
+    with _CHECK_LOCK:
+        if out not in _CHECKED:
+            meta = kbindex.read_meta(out) or {}
+            root = corpus_root or meta.get("corpus_root")
+            root = Path(root) if root and Path(root).is_dir() else default_corpus_root()
+            if root.is_dir():
+                kbindex.build(root, out)
+            elif meta.get("embedder") != embedder_name():
+                raise RuntimeError(
+                    f"index in {out} was built with {meta.get('embedder')!r}, the configured "
+                    f"embedder is {embedder_name()!r}, and no corpus is at hand to rebuild it"
+                )
+            _CHECKED.add(out)
+    return kbindex.load(out)
+
+
+def reset() -> None:
+    """Forget which index folders were checked and loaded (tests, after changing settings)."""
+    with _CHECK_LOCK:
+        _CHECKED.clear()
+    kbindex.forget()
+
+
+def _hit(kb: kbindex.KnowledgeBase, d: str, h: kbindex.ChunkHit) -> dict[str, Any]:
+    return {
+        "id": h.entry,
+        "title": kb.entries[h.entry].title if h.entry in kb.entries else h.entry,
+        "score": round(h.score, 4),
+        "passage": kb.domains[d].chunks[h.chunk]["text"],
+        "domain": d,
+    }
+
+
+def search(
+    query: str,
+    domain: str | None = None,
+    k: int = DEFAULT_K,
+    gamma: float = DEFAULT_GAMMA,
+    *,
+    metadata: Any = None,
+    floor: float = DEFAULT_FLOOR,
+    fusion: str = kbindex.DEFAULT_FUSION,
+    cases: int = 0,
+    kb_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Knowledge entries for a query: ``{"domain", "results": [{"id", "title", "score",
+    "passage"}]}``.
+
+    ``domain`` (e.g. the routing result) wins; else ``metadata`` (DICOM keywords or a pydicom
+    Dataset); else the domain is guessed from the text. When no domain can be told, all domains
+    are searched and ``domain`` is None. With ``cases > 0``, up to that many similar signed
+    reports of the domain come back under ``"cases"``.
+    """
+    if not query or not query.strip():
+        raise ValueError("empty query")
+    kb = ensure_index(kb_dir)
+    qvec = get_embedder().embed([query])[0]
+    qtoks = tokenize(query)
+    dom = identify_domain(query, domain=domain, metadata=metadata, kb=kb, qvec=qvec)
+    pairs = []
+    for d in [dom] if dom else list(DOMAINS):
+        pairs += [(d, h) for h in kb.domains[d].search(qvec, qtoks, fusion=fusion)]
+    kept = adaptive_select(
+        pairs, score=lambda p: p[1].score, k=k, gamma=gamma, floor=floor, key=lambda p: p[1].entry
+    )
+    out: dict[str, Any] = {"domain": dom, "results": [_hit(kb, d, h) for d, h in kept]}
+    for r in out["results"]:
+        if dom:
+            r.pop("domain")
+    if cases > 0 and dom:
+        out["cases"] = search_cases(query, dom, k=cases, gamma=gamma, floor=floor, kb_dir=kb_dir)
+    return out
+
+
+def get_entry(entry_id: str, *, kb_dir: Path | None = None) -> dict[str, Any] | None:
+    """The whole entry (front matter fields and sections) by id, or None when unknown."""
+    e = ensure_index(kb_dir).entries.get(entry_id)
+    return e.to_dict() if e else None
