@@ -38,6 +38,7 @@ system-tools:
 	fi
 
 run: install
+	$(VENV)/bin/medgate kb build
 	$(VENV)/bin/medgate db upgrade
 	$(VENV)/bin/medgate serve
 

@@ -136,18 +136,24 @@ def _act(session: Session, report_id: int, p: Principal, action: str, if_match: 
 
 
 def _index_case(report: Report) -> None:
-    """Signed reports join the domain's case index for retrieval of similar cases."""
-    try:
-        from app.rag.cases import add_case
-    except ImportError:
-        return
-    text = " ".join(report.versions[-1].sections.values())
-    try:
-        add_case(report.domain, str(report.id), text)
-    except Exception:  # noqa: BLE001 - the signature stands even if indexing fails
-        import logging
+    """Signed reports join the domain's case index for retrieval of similar cases. Embedding
+    takes a moment (the model loads once per process), so it runs beside the request."""
+    import logging
+    import threading
 
-        logging.getLogger("medgate.reports").exception("case index update failed")
+    from app.rag.cases import add_case
+
+    text = " ".join(t for t in report.versions[-1].sections.values() if t)
+    domain, report_id = report.domain, str(report.id)
+
+    def run() -> None:
+        try:
+            add_case(domain, report_id, text)
+        except Exception:  # noqa: BLE001 - the signature stands even if indexing fails
+            logging.getLogger("medgate.reports").exception("case index update failed")
+
+    if text.strip():
+        threading.Thread(target=run, name=f"case-index-{report_id}", daemon=True).start()
 
 
 @router.patch("/{report_id}")

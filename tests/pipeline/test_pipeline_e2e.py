@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from tests.conftest import wait_for
 from tests.pipeline.conftest import CT_SMALL, complete_now, store, wait_jobs
 
 
@@ -57,10 +58,15 @@ def test_complete_study_becomes_draft_then_edit_sign_amend(setup, api, auth, wor
     assert stale.status_code == 412
     assert stale.headers["content-type"].startswith("application/problem+json")
 
+    from app.rag.cases import count_cases
+
+    assert count_cases("ct") == 0
     signed = api.post(f"/api/v1/reports/{rid}/sign",
                       headers={**clin, "If-Match": edited.headers["etag"]})
     assert signed.status_code == 200, signed.text
     assert (signed.json()["state"], signed.json()["fhir_status"]) == ("final", "final")
+    # the signed report joins the CT case index
+    wait_for(lambda: count_cases("ct") >= 1, timeout=120, what="the case index to grow")
     again = api.post(f"/api/v1/reports/{rid}/sign",
                      headers={**clin, "If-Match": signed.headers["etag"]})
     assert again.status_code == 409
