@@ -21,6 +21,8 @@ app.add_typer(keys_app, name="keys")
 kb_app = typer.Typer(help="Knowledge base: check and build the retrieval indexes.",
                      no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+models_app = typer.Typer(help="Model versions: register, activate, list.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 
@@ -264,6 +266,59 @@ def kb_build(root: Annotated[str, typer.Option(help="corpus folder")] = "",
     state = "rebuilt" if result.rebuilt else "already current"
     console.print(f"{state}: {result.counts} with {result.embedder} in {result.out_dir} "
                   f"({result.seconds:.1f} s)")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered model versions and which one of each family is active."""
+    from app.db.session import session_scope
+    from app.registry.versions import list_versions
+
+    table = Table("family", "version", "variant", "status", "weights", "sha256")
+    with session_scope() as session:
+        for v in list_versions(session):
+            table.add_row(v.family, v.version, v.variant, v.status, v.weights_path or "",
+                          (v.sha256 or "")[:16])
+    Console().print(table)
+
+
+@models_app.command("register")
+def models_register(family: str, version: str,
+                    weights: Annotated[str, typer.Option(help="relative to MEDGATE_MODEL_DIR")]
+                    = "",
+                    variant: Annotated[str, typer.Option()] = "checkpoint",
+                    config: Annotated[str, typer.Option(help="JSON configuration")] = "{}"
+                    ) -> None:
+    """Register a version; its weights' sha256 is recorded and checked before every load."""
+    import json
+
+    from app.db.session import session_scope
+    from app.registry.versions import RegistryError, register
+
+    try:
+        with session_scope() as session:
+            row = register(session, family, version, variant, weights or None,
+                           json.loads(config))
+            sha = row.sha256
+    except (RegistryError, json.JSONDecodeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"registered {family} {version} (sha256 {sha})")
+
+
+@models_app.command("activate")
+def models_activate(family: str, version: str) -> None:
+    """Make VERSION the one the pipeline runs for FAMILY (the previous one is retired)."""
+    from app.db.session import session_scope
+    from app.registry.versions import RegistryError, activate
+
+    try:
+        with session_scope() as session:
+            activate(session, family, version)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"{family} {version} is active")
 
 
 def main() -> None:
