@@ -23,8 +23,15 @@ def _loop(settings: Settings) -> Callable[[], None]:
     return start_loop(settings)
 
 
+def _scp(settings: Settings) -> Callable[[], None]:
+    from app.dicom.scp import start_scp
+
+    return start_scp(settings)
+
+
 # (name, start) pairs; start returns a stop callable.
 EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = [
+    ("DICOM SCP", _scp),
     ("grouping and sweeper loop", _loop),
 ]
 
