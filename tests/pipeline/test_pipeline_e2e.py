@@ -134,3 +134,35 @@ def test_write_without_if_match_is_428_and_withdraw_names_reason(setup, api, aut
     outcomes = {(e["action"], e["outcome"]) for e in events}
     assert ("report.sign", "refused") in outcomes and ("report.withdraw", "success") in outcomes
     assert ("report.read", "success") in outcomes
+
+
+def test_study_sent_by_c_store_becomes_a_draft(setup, api, auth, worker_factory):
+    """dcmtk storescu → MedGate's SCP → idle completion → worker → draft."""
+    import subprocess
+
+    from app.config import get_settings
+    from app.dicom.scp import DicomSCP
+    from tests.conftest import tool
+    from tests.dimse.conftest import free_port
+
+    settings = get_settings().model_copy(update={"dicom_host": "127.0.0.1",
+                                                 "dicom_port": free_port()})
+    scp = DicomSCP(settings)
+    scp.start()
+    try:
+        worker = worker_factory()
+        sent = subprocess.run([tool("storescu"), "-aet", "MODALITY", "-aec", "MEDGATE",
+                               "127.0.0.1", str(settings.dicom_port), str(CT_SMALL)],
+                              capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        scp.stop(grace=2)
+    studies = api.get("/api/v1/studies", headers=auth["clinician"]).json()["studies"]
+    assert len(studies) == 1
+    uid = studies[0]["study_uid"]
+    assert complete_now() == [uid]
+    assert wait_jobs(uid, worker=worker) == ["done"]
+    body = _report_for(api, auth, uid).json()
+    assert body["state"] == "draft" and "axial CT slice" in body["sections"]["technique"]
+    timeline = api.get(f"/api/v1/studies/{uid}", headers=auth["clinician"]).json()["timeline"]
+    assert timeline[0]["detail"]["source"].startswith("dimse:MODALITY")
