@@ -4,10 +4,14 @@ Order of work for one instance (nothing half-done survives a failure):
 1. the caller has written the received bytes to a temporary file under ``store/tmp``;
 2. the header is parsed without pixel data and validated (Part 10, UIDs, storage SOP class,
    not truncated);
-3. Patient/Study/Series/Instance rows are flushed in one transaction (the unique SOPInstanceUID
+3. the temporary file is fsynced (before any database lock is taken);
+4. Patient/Study/Series/Instance rows are flushed in one transaction (the unique SOPInstanceUID
    row is the lock against a concurrent writer of the same instance);
-4. the temporary file is fsynced and renamed to ``store/<study>/<series>/<sop>.dcm``;
-5. the transaction commits; if it fails, the renamed file is removed.
+5. the file is renamed to ``store/<study>/<series>/<sop>.dcm`` and its folders fsynced;
+6. the transaction commits; if it fails, the renamed file is removed.
+
+``store_many`` does this for several files at once (one STOW-RS request): one transaction and
+one fsync per folder for all of them, each file still with its own outcome.
 
 The bytes stored are the bytes received. The same SOPInstanceUID again with identical bytes is a
 success that changes nothing; with different bytes the first copy is kept and the sender gets
@@ -194,6 +198,11 @@ def validate(ds: Dataset, expected_study: str | None = None) -> tuple[str, str, 
     return sop_class, sop_inst, study, series
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -202,122 +211,220 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _get_or_create_patient(session: Session, ds: Dataset) -> Patient:
-    pid, issuer = _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
-    patient = session.scalar(select(Patient).where(Patient.patient_id == pid,
-                                                   Patient.issuer == issuer))
-    if patient is None:
-        patient = Patient(patient_id=pid, issuer=issuer)
-        session.add(patient)
-    # Demographics follow the newest instance received.
-    patient.patient_name = _text(ds, "PatientName", 324)
-    patient.birth_date = _text(ds, "PatientBirthDate", 8)
-    patient.sex = _text(ds, "PatientSex", 16)
-    session.flush()
-    return patient
+@dataclass
+class _Valid:
+    """A spooled instance that passed validation, waiting to be indexed."""
+
+    tmp: Path
+    sha256: str
+    size: int
+    ds: Dataset
+    sop_class: str
+    sop_inst: str
+    study_uid: str
+    series_uid: str
+    tsuid: str
 
 
-def _get_or_create_study(session: Session, ds: Dataset, study_uid: str,
-                         patient: Patient) -> tuple[Study, bool]:
-    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
-    created = study is None
-    if study is None:
-        study = Study(study_uid=study_uid, patient_fk=patient.id,
-                      study_date=_text(ds, "StudyDate", 8), study_time=_text(ds, "StudyTime", 16),
-                      accession_number=_text(ds, "AccessionNumber"),
-                      study_id=_text(ds, "StudyID", 16),
-                      study_description=_text(ds, "StudyDescription"),
-                      referring_physician=_text(ds, "ReferringPhysicianName", 324))
-        session.add(study)
-        session.flush()
-    return study, created
+class _Rows:
+    """Patient, study and series rows of one transaction, looked up once each."""
 
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.patients: dict[tuple[str, str], Patient] = {}
+        self.studies: dict[str, Study] = {}
+        self.series: dict[str, Series] = {}
+        self.new_studies: set[str] = set()
 
-def _get_or_create_series(session: Session, ds: Dataset, series_uid: str, study: Study,
-                          sop_class: str = "", sop_inst: str = "") -> Series:
-    series = session.scalar(select(Series).where(Series.series_uid == series_uid))
-    if series is None:
-        series = Series(series_uid=series_uid, study_fk=study.id,
-                        modality=_text(ds, "Modality", 16),
-                        series_number=_int(ds, "SeriesNumber"),
-                        series_description=_text(ds, "SeriesDescription"),
-                        body_part=_text(ds, "BodyPartExamined"))
-        session.add(series)
-        session.flush()
-    elif series.study_fk != study.id:
-        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                         f"series {series_uid} already belongs to another study",
-                         sop_class, sop_inst)
-    return series
+    def patient(self, ds: Dataset) -> Patient:
+        key = (_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"))
+        patient = self.patients.get(key)
+        if patient is None:
+            patient = self.session.scalar(select(Patient).where(Patient.patient_id == key[0],
+                                                                Patient.issuer == key[1]))
+            if patient is None:
+                patient = Patient(patient_id=key[0], issuer=key[1])
+                self.session.add(patient)
+            self.patients[key] = patient
+        # Demographics follow the newest instance received; assigned only when they differ.
+        for attr, kw, limit in (("patient_name", "PatientName", 324),
+                                ("birth_date", "PatientBirthDate", 8),
+                                ("sex", "PatientSex", 16)):
+            value = _text(ds, kw, limit)
+            if getattr(patient, attr) != value:
+                setattr(patient, attr, value)
+        if patient.id is None:
+            self.session.flush()
+        return patient
+
+    def study(self, ds: Dataset, uid: str) -> Study:
+        study = self.studies.get(uid)
+        if study is None:
+            study = self.session.scalar(select(Study).where(Study.study_uid == uid))
+            if study is None:
+                study = Study(study_uid=uid, patient_fk=self.patient(ds).id,
+                              study_date=_text(ds, "StudyDate", 8),
+                              study_time=_text(ds, "StudyTime", 16),
+                              accession_number=_text(ds, "AccessionNumber"),
+                              study_id=_text(ds, "StudyID", 16),
+                              study_description=_text(ds, "StudyDescription"),
+                              referring_physician=_text(ds, "ReferringPhysicianName", 324))
+                self.session.add(study)
+                self.session.flush()
+                self.new_studies.add(uid)
+            self.studies[uid] = study
+        return study
+
+    def series_of(self, v: _Valid) -> Series:
+        series = self.series.get(v.series_uid)
+        if series is None:
+            series = self.session.scalar(select(Series).where(Series.series_uid == v.series_uid))
+            study = self.study(v.ds, v.study_uid)
+            if series is None:
+                series = Series(series_uid=v.series_uid, study_fk=study.id,
+                                modality=_text(v.ds, "Modality", 16),
+                                series_number=_int(v.ds, "SeriesNumber"),
+                                series_description=_text(v.ds, "SeriesDescription"),
+                                body_part=_text(v.ds, "BodyPartExamined"))
+                self.session.add(series)
+                self.session.flush()
+            self.series[v.series_uid] = series
+        if series.study_fk != self.study(v.ds, v.study_uid).id:
+            raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                             f"series {v.series_uid} already belongs to another study",
+                             v.sop_class, v.sop_inst)
+        return series
 
 
 def final_path(study: str, series: str, sop_inst: str) -> Path:
     return get_settings().store_dir / study / series / f"{sop_inst}.dcm"
 
 
+def _validated(tmp: Path, sha256: str, size: int, expected_study: str | None) -> _Valid:
+    ds = read_header(tmp)
+    sop_class, sop_inst, study_uid, series_uid = validate(ds, expected_study)
+    return _Valid(tmp, sha256, size, ds, sop_class, sop_inst, study_uid, series_uid,
+                  str(ds.file_meta.TransferSyntaxUID))
+
+
+def _os_error(exc: OSError) -> StoreError:
+    return StoreError(OUT_OF_RESOURCES if exc.errno == 28 else PROCESSING_FAILURE,
+                      f"could not write the instance: {exc}")
+
+
 def store_spooled(session_factory, tmp: Path, sha256: str, size: int,
                   expected_study: str | None = None, source: str = "") -> Stored:
     """Validate, index and move one spooled file into the store. Always consumes ``tmp``."""
+    result = store_many(session_factory, [(tmp, sha256, size)], expected_study, source)[0]
+    if isinstance(result, StoreError):
+        raise result
+    return result
+
+
+def store_many(session_factory, spooled: list[tuple[Path, str, int]],
+               expected_study: str | None = None, source: str = ""
+               ) -> list[Stored | StoreError]:
+    """Store several spooled files (one STOW-RS request, say) with one transaction, one fsync
+    per file and one per folder. Each item gets its own outcome; every tmp is consumed."""
+    outcomes: list[Stored | StoreError | None] = [None] * len(spooled)
+    valid: list[tuple[int, _Valid]] = []
     try:
-        ds = read_header(tmp)
-        sop_class, sop_inst, study_uid, series_uid = validate(ds, expected_study)
-        tsuid = str(ds.file_meta.TransferSyntaxUID)
+        for i, (tmp, sha, size) in enumerate(spooled):
+            try:
+                valid.append((i, _validated(tmp, sha, size, expected_study)))
+            except StoreError as exc:
+                outcomes[i] = exc
+        # Content is made durable before the transaction: the database's write lock is not
+        # held across these fsyncs.
+        for i, v in list(valid):
+            try:
+                _fsync_file(v.tmp)
+            except OSError as exc:
+                outcomes[i] = _os_error(exc)
+                valid.remove((i, v))
         for attempt in range(3):
             try:
-                return _index_and_move(session_factory, ds, tmp, sha256, size, sop_class,
-                                       sop_inst, study_uid, series_uid, tsuid, source)
-            except IntegrityError:
+                for i, result in _index_and_move(session_factory, valid, source):
+                    outcomes[i] = result
+                break
+            except IntegrityError as exc:
                 # A concurrent writer created the same patient/study/series/instance first:
                 # try again, now finding its rows (and the duplicate rules apply).
                 if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-    except StoreError:
-        raise
-    except OSError as exc:
-        raise StoreError(OUT_OF_RESOURCES if exc.errno == 28 else PROCESSING_FAILURE,
-                         f"could not write the instance: {exc}") from exc
-    except IntegrityError as exc:
-        raise StoreError(PROCESSING_FAILURE, "the instance could not be indexed") from exc
+                    for i, _ in valid:
+                        outcomes[i] = StoreError(PROCESSING_FAILURE,
+                                                 f"the instance could not be indexed: {exc}")
+            except OSError as exc:
+                for i, _ in valid:
+                    outcomes[i] = _os_error(exc)
+                break
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _, _ in spooled:
+            tmp.unlink(missing_ok=True)
+    return [o if o is not None else StoreError(PROCESSING_FAILURE, "not stored")
+            for o in outcomes]
 
 
-def _index_and_move(session_factory, ds: Dataset, tmp: Path, sha256: str, size: int,
-                    sop_class: str, sop_inst: str, study_uid: str, series_uid: str,
-                    tsuid: str, source: str) -> Stored:
-    dest = final_path(study_uid, series_uid, sop_inst)
+def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
+                    source: str) -> list[tuple[int, Stored | StoreError]]:
+    store_dir = get_settings().store_dir
+    results: list[tuple[int, Stored | StoreError]] = []
+    moved: list[Path] = []
     with session_factory() as session:
-        existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_inst))
-        if existing is not None:
-            if existing.sha256 == sha256:
-                return Stored(sop_class, sop_inst, study_uid, series_uid, tsuid,
-                              get_settings().store_dir / existing.path, created=False)
-            raise StoreError(DUPLICATE_SOP_INSTANCE,
-                             f"SOP Instance {sop_inst} is already stored with different content;"
-                             " the first copy is kept", sop_class, sop_inst)
-        patient = _get_or_create_patient(session, ds)
-        study, _ = _get_or_create_study(session, ds, study_uid, patient)
-        series = _get_or_create_series(session, ds, series_uid, study, sop_class, sop_inst)
-        session.add(Instance(sop_instance_uid=sop_inst, series_fk=series.id,
-                             sop_class_uid=sop_class,
-                             instance_number=_int(ds, "InstanceNumber"),
-                             transfer_syntax_uid=tsuid,
-                             path=str(dest.relative_to(get_settings().store_dir)),
-                             size=size, sha256=sha256))
-        grouping.instance_received(session, study, source=source)
-        session.flush()  # the unique SOPInstanceUID row now holds the lock
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        existing = dict(session.execute(
+            select(Instance.sop_instance_uid, Instance.sha256)
+            .where(Instance.sop_instance_uid.in_([v.sop_inst for _, v in valid]))).all()) \
+            if valid else {}
+        rows = _Rows(session)
+        pending: list[tuple[int, _Valid, Path]] = []
+        seen: dict[str, str] = {}
+        for i, v in valid:
+            prior = existing.get(v.sop_inst, seen.get(v.sop_inst))
+            stored = Stored(v.sop_class, v.sop_inst, v.study_uid, v.series_uid, v.tsuid,
+                            final_path(v.study_uid, v.series_uid, v.sop_inst), created=False)
+            if prior is not None:
+                results.append((i, stored if prior == v.sha256 else StoreError(
+                    DUPLICATE_SOP_INSTANCE, f"SOP Instance {v.sop_inst} is already stored with "
+                    "different content; the first copy is kept", v.sop_class, v.sop_inst)))
+                continue
+            try:
+                series = rows.series_of(v)
+            except StoreError as exc:
+                results.append((i, exc))
+                continue
+            dest = stored.path
+            session.add(Instance(sop_instance_uid=v.sop_inst, series_fk=series.id,
+                                 sop_class_uid=v.sop_class,
+                                 instance_number=_int(v.ds, "InstanceNumber"),
+                                 transfer_syntax_uid=v.tsuid,
+                                 path=str(dest.relative_to(store_dir)), size=v.size,
+                                 sha256=v.sha256))
+            seen[v.sop_inst] = v.sha256
+            pending.append((i, v, dest))
+        for uid, study in rows.studies.items():
+            if any(v.study_uid == uid for _, v, _ in pending):
+                grouping.instance_received(session, study, uid in rows.new_studies, source)
+        session.flush()  # the unique SOPInstanceUID rows now hold the lock
         try:
+            folders = set()
+            for _, v, dest in pending:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(v.tmp, dest)
+                moved.append(dest)
+                folders.add(dest.parent)
+                folders.add(dest.parent.parent)
+            for folder in folders:
+                _fsync_dir(folder)
             session.commit()
         except BaseException:
-            dest.unlink(missing_ok=True)
+            session.rollback()
+            for dest in moved:
+                dest.unlink(missing_ok=True)
             raise
-    return Stored(sop_class, sop_inst, study_uid, series_uid, tsuid, dest, created=True)
+    for i, v, dest in pending:
+        results.append((i, Stored(v.sop_class, v.sop_inst, v.study_uid, v.series_uid, v.tsuid,
+                                  dest, created=True)))
+    return results
 
 
 def store_bytes(session_factory, data: bytes, expected_study: str | None = None,

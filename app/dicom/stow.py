@@ -8,7 +8,7 @@ Receiving and storing are two phases, so that a broken request changes nothing:
    network chunk at a time, whatever the size of the upload.
 2. **store** - only once the close delimiter has arrived and the whole body stayed within
    ``max_upload_bytes`` is each spooled part validated, indexed and moved into the store by
-   :func:`app.dicom.store.store_spooled`, one by one, each with its own outcome.
+   :func:`app.dicom.store.store_many`, together, each with its own outcome.
 
 Any body-level failure - the Content-Type is not ours (415), the boundary never appears or the
 body ends before the close delimiter (400), the body grows past the size limit (413), the client
@@ -197,27 +197,33 @@ def receive(chunks: Iterable[bytes], boundary: str,
 
 def store_received(session_factory, received: list[Received],
                    expected_study: str | None = None) -> list[Outcome]:
-    """Phase 2: store each spooled part; every part gets an outcome, none is left on disk."""
-    outcomes: list[Outcome] = []
+    """Phase 2: store the spooled parts together (one transaction, see ``store.store_many``);
+    every part gets an outcome, none is left on disk."""
+    outcomes: dict[int, Outcome] = {}
+    batch: list[tuple[Path, str, int]] = []
+    indexes: list[int] = []
     try:
         for r in received:
             if r.refused is not None or r.tmp is None:
-                outcomes.append(Outcome(r.index, error=r.refused))
+                outcomes[r.index] = Outcome(r.index, error=r.refused)
                 continue
-            tmp, r.tmp = r.tmp, None
-            try:
-                stored = store.store_spooled(session_factory, tmp, r.sha256, r.size,
-                                             expected_study=expected_study, source=SOURCE)
-                outcomes.append(Outcome(r.index, stored=stored))
-            except StoreError as exc:
-                outcomes.append(Outcome(r.index, error=exc))
-            except Exception as exc:  # noqa: BLE001 - one instance's failure is its own
-                log.exception("STOW-RS part %d could not be stored", r.index + 1)
-                outcomes.append(Outcome(r.index, error=StoreError(
-                    PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}")))
+            batch.append((r.tmp, r.sha256, r.size))
+            indexes.append(r.index)
+            r.tmp = None
+        try:
+            results = store.store_many(session_factory, batch, expected_study, SOURCE)
+        except Exception as exc:  # noqa: BLE001 - reported per part, never half-stored
+            log.exception("STOW-RS request could not be stored")
+            results = [StoreError(PROCESSING_FAILURE,
+                                  f"processing failure: {type(exc).__name__}")] * len(batch)
+        for index, result in zip(indexes, results, strict=True):
+            outcomes[index] = (Outcome(index, error=result) if isinstance(result, StoreError)
+                               else Outcome(index, stored=result))
     finally:
         discard(received)
-    return outcomes
+        for tmp, _, _ in batch:
+            tmp.unlink(missing_ok=True)
+    return [outcomes[r.index] for r in received]
 
 
 def http_status(outcomes: list[Outcome]) -> int:

@@ -29,13 +29,15 @@ def add_event(session: Session, study: Study, kind: str, **detail: object) -> St
     return event
 
 
-def instance_received(session: Session, study: Study, source: str = "") -> None:
-    """Called by the store in the transaction that indexes a new instance."""
+def instance_received(session: Session, study: Study, created: bool,
+                      source: str = "") -> None:
+    """Called by the store in the transaction that indexes new instances of ``study``
+    (``created``: the study row is new in this transaction)."""
     now = utcnow()
     if study.state == "complete":
         study.state = "receiving"
         add_event(session, study, "reopened", source=source)
-    elif not study.events:
+    elif created:
         add_event(session, study, "received", source=source)
     study.last_received_at = now
 
