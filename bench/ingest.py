@@ -212,24 +212,13 @@ def start_medgate(tmp: Path) -> Server:
 
 def _await_medgate(server: Server, http_port: int, env: dict[str, str], cli: list[str],
                    tmp: Path) -> None:
-    log, dicom_port, procs = server.log, server.dicom_port, server.procs
-    wait_http(f"http://127.0.0.1:{http_port}/healthz", "MedGate", log)
-    deadline = time.monotonic() + 10
-    while not echo(dicom_port, "MEDGATE") and time.monotonic() < deadline:
+    """`medgate serve` starts the API and the DICOM SCP; wait for both to answer."""
+    wait_http(f"http://127.0.0.1:{http_port}/healthz", "MedGate", server.log)
+    deadline = time.monotonic() + 60
+    while not echo(server.dicom_port, "MEDGATE"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"MedGate's DICOM SCP did not answer\n{tail(server.log)}")
         time.sleep(0.3)
-    if not echo(dicom_port, "MEDGATE"):
-        # `serve` does not start the SCP yet (app.services.EXTRA_SERVICES lacks start_scp):
-        # run it beside the API as `medgate dicom-scp`, on the same data folder.
-        server.name = "MedGate (SCP as separate `dicom-scp` process)"
-        slog = tmp / "medgate-scp.log"
-        procs.append(subprocess.Popen([*cli, "dicom-scp", "--no-migrate"], env=env, cwd=REPO,
-                                      stdout=slog.open("wb"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))
-        deadline = time.monotonic() + 60
-        while not echo(dicom_port, "MEDGATE"):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"MedGate's DICOM SCP did not answer\n{tail(slog)}")
-            time.sleep(0.3)
 
 
 def start_orthanc(tmp: Path) -> Server:
