@@ -36,6 +36,14 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def shared_file(rel: str) -> Path:
+    """A file of ../shared/data: skipped outside CI when absent, a failure under CI."""
+    path = SHARED_DATA / rel
+    if not path.exists():
+        unavailable(f"shared test data not found: {path} (an outside clone has none)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

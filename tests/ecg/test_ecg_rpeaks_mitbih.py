@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from models.ecg import rpeaks
 from models.ecg.signal import read_ecg
+from tests.conftest import shared_file
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Beat annotation codes of the MIT-BIH Arrhythmia Database (ANSI/AAMI EC57); rhythm changes
 # "+", signal quality "~", comments and other non-beat annotations are left out.
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 TOLERANCE_S = 0.15
 
 
-def shared(rel: str) -> Path:
-    p = DATA / rel
-    if not p.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing in CI: {p}")
-        pytest.skip(f"shared test data not present ({p}); an outside clone has no ../shared")
-    return p
 
 
 def test_record_100_sensitivity_and_positive_predictivity():
     import wfdb
 
-    hea = shared("ecg/wfdb/100.hea")
+    hea = shared_file("ecg/wfdb/100.hea")
     rec = read_ecg(hea)  # 360 Hz -> 500 Hz, MLII and V5
     ann = wfdb.rdann(str(hea.with_suffix("")), "atr")
     ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,17 +18,7 @@ from models.ecg.errors import (
 )
 from models.ecg.leads import STANDARD_LEADS, derive_missing_leads, normalise_lead_name
 from models.ecg.signal import EcgRecord, load_dicom, read_ecg, standardise
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def shared(rel: str) -> Path:
-    p = DATA / rel
-    if not p.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing in CI: {p}")
-        pytest.skip(f"shared test data not present ({p}); an outside clone has no ../shared")
-    return p
+from tests.conftest import shared_file
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +55,7 @@ def test_dicom_units_and_baseline_are_applied(ecg_ds):
 
 
 def test_wfdb_dat_record_with_modified_lead_names():
-    rec = read_ecg(shared("ecg/wfdb/100.hea"))
+    rec = read_ecg(shared_file("ecg/wfdb/100.hea"))
     assert rec.leads == ["II", "V5"]  # MLII is read as II
     assert any("MLII" in n for n in rec.notes)
     assert rec.fs == 500.0 and rec.original_fs == 360.0

@@ -19,17 +19,7 @@ from app.dicom.waveform import (
 )
 from models.ecg.leads import STANDARD_LEADS
 from models.ecg.signal import read_ecg
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def shared(rel: str) -> Path:
-    p = DATA / rel
-    if not p.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing in CI: {p}")
-        pytest.skip(f"shared test data not present ({p}); an outside clone has no ../shared")
-    return p
+from tests.conftest import shared_file
 
 
 def dciodvfy(path: Path) -> list[str]:
@@ -57,7 +47,7 @@ def physical(record: Path, n: int | None = None) -> tuple[np.ndarray, list[str],
     ("100", "auto", GENERAL_ECG, 1805.6),  # two-lead Holter record
 ])
 def test_written_instance_is_valid_and_round_trips(tmp_path, name, iod, sop_class, seconds):
-    record = shared(f"ecg/wfdb/{name}.hea").with_suffix("")
+    record = shared_file(f"ecg/wfdb/{name}.hea").with_suffix("")
     out = tmp_path / f"{name}.dcm"
     ds = wfdb_to_dicom(record, out, patient_name="Test^Patient", patient_id="WFDB-1",
                        study_id="1", iod=iod)
@@ -84,7 +74,7 @@ def test_written_instance_is_valid_and_round_trips(tmp_path, name, iod, sop_clas
 
 
 def test_record_without_the_12_leads_cannot_be_forced_into_the_12_lead_iod(tmp_path):
-    record = shared("ecg/wfdb/100.hea").with_suffix("")
+    record = shared_file("ecg/wfdb/100.hea").with_suffix("")
     with pytest.raises(WaveformWriteError, match="12 standard leads"):
         wfdb_to_dicom(record, tmp_path / "x.dcm", iod="12-lead")
     assert not (tmp_path / "x.dcm").exists()

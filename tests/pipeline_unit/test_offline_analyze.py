@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-import pytest
 from pydicom.data import get_testdata_file
 
 from app.pipeline.analyze import analyze_paths, expand_paths
 from app.pipeline.composer import Draft
 from app.pipeline.routing import RouteRule
 from models.base import ModelSpec
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.conftest import shared_file
 
 
 def shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        message = f"shared test data {path} is absent (it lives in ../shared/data beside the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return shared_file("/".join(parts))
 
 
 def technical(result) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,18 +17,11 @@ from models.technical import (
     read_wfdb_header,
     slice_geometry,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.conftest import shared_file
 
 
 def shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        message = f"shared test data {path} is absent (it lives in ../shared/data beside the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return shared_file("/".join(parts))
 
 
 def run(domain: str, paths: list[Path | str]) -> EngineResult:
