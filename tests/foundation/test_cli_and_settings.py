@@ -37,13 +37,19 @@ def test_keys_cli_create_list_revoke(medgate):
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("mg_") and len(key) > 40 and created.stdout.strip() == key
     listed = run_cli("keys", "list", env=env)
-    assert "dr-who" in listed.stdout and key.split("_")[2] not in listed.stdout
-    key_id = key and listed.stdout.split("dr-who")[0].rsplit("│", 2)[-2].strip()
-    revoked = run_cli("keys", "revoke", key_id, env=env)
-    assert revoked.returncode == 0, revoked.stderr
+    _, prefix, secret = key.split("_", 2)
+    assert "dr-who" in listed.stdout and prefix in listed.stdout and secret not in listed.stdout
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
     from app.db.session import session_scope
     from app.security.keys import authenticate
 
+    with session_scope() as session:
+        key_id = session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix))
+        assert authenticate(session, key).name == "dr-who"
+    revoked = run_cli("keys", "revoke", str(key_id), env=env)
+    assert revoked.returncode == 0, revoked.stderr
     with session_scope() as session:
         assert authenticate(session, key) is None
 
