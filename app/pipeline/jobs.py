@@ -171,7 +171,7 @@ def release(session: Session, job_id: int, token: str, reason: str) -> bool:
     """Give a job back to the queue after a transient error (the task retries it)."""
     r = session.execute(update(Job).where(Job.id == job_id, Job.claim == token,
                                           Job.state == "started")
-                        .values(state="queued", claim=None, queued_at=utcnow(),
+                        .values(state="queued", claim=None, queued_at=utcnow(), resends=0,
                                 error=f"retrying: {reason[:500]}"))
     session.commit()
     return r.rowcount == 1
@@ -192,7 +192,7 @@ def sweep(session_factory, now: datetime | None = None) -> dict[str, list[int]]:
                           "error": f"the worker was lost {job.attempts} times"}
                 kind, bucket = "failed", "failed"
             else:
-                values = {"state": "queued", "claim": None, "queued_at": now}
+                values = {"state": "queued", "claim": None, "queued_at": now, "resends": 0}
                 kind, bucket = "requeued", "requeued"
             r = session.execute(update(Job).where(Job.id == job.id, Job.claim == job.claim,
                                                   Job.state == "started").values(**values))
@@ -205,13 +205,18 @@ def sweep(session_factory, now: datetime | None = None) -> dict[str, list[int]]:
                     send(job.id, job.queue)
             else:
                 session.rollback()
+        # A queued job may just be waiting behind others: the wait before each re-send doubles
+        # (up to 32 times the first), so a long queue is not flooded with duplicates.
         stale = session.scalars(select(Job).where(
             Job.state == "queued",
             Job.queued_at < now - timedelta(seconds=s.job_resend_seconds))).all()
         for job in stale:
+            wait = timedelta(seconds=s.job_resend_seconds * 2 ** min(job.resends, 5))
+            if now - job.queued_at < wait:
+                continue
             r = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued",
                                                   Job.queued_at == job.queued_at)
-                                .values(queued_at=now))
+                                .values(queued_at=now, resends=Job.resends + 1))
             session.commit()
             if r.rowcount == 1 and send(job.id, job.queue):
                 out["resent"].append(job.id)

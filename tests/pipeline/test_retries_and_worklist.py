@@ -71,3 +71,27 @@ def pydicom_patient(path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
+
+
+def test_sweeper_waits_twice_as_long_before_each_new_resend(medgate):
+    from datetime import timedelta
+
+    from app.db.models import Job
+    from app.db.session import session_factory
+    from app.pipeline.jobs import sweep
+
+    store(CT_SMALL)
+    complete_now()
+    factory = session_factory()
+    with factory() as s:
+        job = s.scalar(select(Job))
+        t0, first = job.queued_at, medgate.job_resend_seconds
+    assert sweep(factory, now=t0 + timedelta(seconds=first - 1))["resent"] == []
+    t1 = t0 + timedelta(seconds=first + 1)
+    assert sweep(factory, now=t1)["resent"] == [job.id]
+    assert sweep(factory, now=t1 + timedelta(seconds=first + 1))["resent"] == []  # needs 2x
+    t2 = t1 + timedelta(seconds=2 * first + 1)
+    assert sweep(factory, now=t2)["resent"] == [job.id]
+    assert sweep(factory, now=t2 + timedelta(seconds=3 * first))["resent"] == []  # needs 4x
+    with factory() as s:
+        assert s.get(Job, job.id).resends == 2
