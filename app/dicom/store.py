@@ -427,12 +427,6 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
     return results
 
 
-def store_bytes(session_factory, data: bytes, expected_study: str | None = None,
-                source: str = "") -> Stored:
-    tmp, sha, size = spool([data])
-    return store_spooled(session_factory, tmp, sha, size, expected_study, source)
-
-
 def store_path(session_factory, path: Path, source: str = "") -> Stored:
     with open(path, "rb") as fh:
         tmp, sha, size = spool_file(fh)
