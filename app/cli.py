@@ -148,7 +148,7 @@ def analyze(paths: Annotated[list[str], typer.Argument(help="DICOM files, folder
     from rich.progress import Progress
 
     from app.pipeline.analyze import analyze_paths
-    from app.pipeline.runner import knowledge_lookup
+    from app.rag.corpus import knowledge_lookup
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("analysing", total=None)
@@ -161,7 +161,7 @@ def analyze(paths: Annotated[list[str], typer.Argument(help="DICOM files, folder
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2, default=str))
         return
-    from app.pipeline.composer import Draft
+    from app.reports.composer import Draft
 
     for r in results:
         Console().rule(f"{r.status}: {r.study_uid or ', '.join(r.paths)[:80]}")

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     job_lost_seconds: float = 60.0
     job_heartbeat_seconds: float = 5.0
     job_max_attempts: int = 5
+    # Where engines compute: "cpu", "cuda" or "cuda:N" (checked when the first engine loads).
+    device: str = "cpu"
+    # Per-family dtype preference on an accelerator ("bf16", "fp16", "fp32"); on the CPU every
+    # family computes in fp32. E.g. MEDGATE_DTYPE_BY_FAMILY='{"merl": "fp32"}'
+    dtype_by_family: dict[str, str] = Field(default_factory=dict)
     # Extra modules that register engine families (a site's own engines), imported by workers.
     engine_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -80,6 +85,11 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
+
+    @property
+    def results_dir(self) -> Path:
+        """Files engines write beside their results (mask images and volumes)."""
+        return (self.data_dir / "results").resolve()
 
     @property
     def kb_dir(self) -> Path:

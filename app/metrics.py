@@ -37,6 +37,13 @@ JOB_RUN = Histogram("medgate_job_run_seconds", "Time a worker spends on one job"
                     buckets=BUCKETS)
 ENGINE_RUN = Histogram("medgate_engine_run_seconds", "Time one engine spends on one study",
                        ["domain", "engine"], buckets=BUCKETS)
+ENGINE_LOAD = Histogram("medgate_engine_load_seconds",
+                        "Time a worker spends building and loading one engine (once per "
+                        "family, version and weights in the worker's lifetime)",
+                        ["family", "version", "device"], buckets=BUCKETS)
+ENGINE_SKIPPED = Counter("medgate_engine_skipped_total",
+                         "Optional engines that failed or refused their input; the job went on",
+                         ["domain", "engine"])
 INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
 
 

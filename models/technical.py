@@ -350,11 +350,12 @@ class TechnicalEngine:
         self._expectations(study.domain, kinds, bool(records), out)
 
         raw["facts"] = out.facts
+        # a plain summary for the CLI and logs; the composer writes the technique section
+        raw["summary"] = ({"technique": " ".join(f["text"] for f in out.facts)}
+                          if out.facts else {})
         return EngineResult(
             model=ModelInfo(family=FAMILY, version=self.spec.version, sha256=None),
-            trained=True, measurements=out.measurements,
-            text={"technique": " ".join(f["text"] for f in out.facts)} if out.facts else {},
-            warnings=out.warnings, raw=raw)
+            trained=True, measurements=out.measurements, warnings=out.warnings, raw=raw)
 
     @staticmethod
     def _study_facts(instances: list[_Instance], out: _Collector, raw: dict[str, Any]) -> None:

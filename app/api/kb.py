@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.api.deps import require
 from app.api.problems import Problem
 from app.config import DOMAINS
-from app.pipeline.runner import knowledge_lookup
+from app.rag.corpus import knowledge_lookup
 from app.security.keys import Principal
 
 router = APIRouter(prefix="/api/v1/kb", tags=["knowledge"])

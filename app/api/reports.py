@@ -7,12 +7,11 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_session, require
 from app.api.problems import Problem
-from app.db.models import Patient, Report, Study
+from app.db.models import Report, Study
 from app.dicom.studies import timeline
 from app.reports import service
 from app.reports.lifecycle import STATES, IllegalTransition
@@ -52,32 +51,21 @@ def _body(session: Session, report: Report, response: Response,
 
 @router.get("")
 def worklist(p: Principal = Depends(require(*CLINICIAN)),
-             session: Session = Depends(get_session), state: list[str] | None = Query(None),
+             session: Session = Depends(get_session), state: list[str] | None = Query(
+                 None, description="report states; 'failed' finds open reports whose latest "
+                                   "analysis failed"),
              domain: str | None = None, patient_id: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
              limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
-    bad = [s for s in state or [] if s not in STATES]
+    allowed = (*STATES, service.FAILED)
+    bad = [s for s in state or [] if s not in allowed]
     if bad:
-        raise Problem(422, "validation-error", f"unknown state(s) {bad}; states: {STATES}")
-    stmt = (select(Report, Study, Patient.patient_id).join(Study, Report.study_fk == Study.id)
-            .join(Patient, Study.patient_fk == Patient.id))
-    if state:
-        stmt = stmt.where(Report.state.in_(state))
-    if domain:
-        stmt = stmt.where(Report.domain == domain)
-    if patient_id:
-        stmt = stmt.where(Patient.patient_id == patient_id)
-    if since:
-        stmt = stmt.where(Report.created_at >= since)
-    if until:
-        stmt = stmt.where(Report.created_at <= until)
-    # Highest priority first; within a priority the oldest waits least long.
-    rows = session.execute(stmt.order_by(Report.priority.desc(), Report.created_at, Report.id)
-                           .limit(limit).offset(offset)).all()
-    audit.record(session, p.actor, "report.list", "report", "", detail={"count": len(rows)})
+        raise Problem(422, "validation-error", f"unknown state(s) {bad}; states: {allowed}")
+    items = service.worklist(session, states=state or [], domain=domain, patient_id=patient_id,
+                             since=since, until=until, limit=limit, offset=offset)
+    audit.record(session, p.actor, "report.list", "report", "", detail={"count": len(items)})
     session.commit()
-    return {"reports": [service.worklist_item(r, s, pid) for r, s, pid in rows],
-            "limit": limit, "offset": offset}
+    return {"reports": items, "limit": limit, "offset": offset}
 
 
 @router.get("/{report_id}")

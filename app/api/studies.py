@@ -13,6 +13,7 @@ from app.config import get_settings
 from app.db.session import session_factory
 from app.dicom import studies
 from app.pipeline import grouping
+from app.pipeline.jobs import JobConflict
 from app.security import audit
 from app.security.keys import Principal
 
@@ -70,6 +71,30 @@ def complete(study_uid: str, p: Principal = Depends(require(*READERS)),
     study = studies.get(session, study_uid)
     return {"study_uid": study_uid, "completed_now": bool(done), "state": study.state,
             "route_status": study.route_status, "domain": study.domain}
+
+
+@router.post("/{study_uid}/reanalyze", status_code=202)
+def reanalyze(study_uid: str, p: Principal = Depends(require("clinician")),
+              session: Session = Depends(get_session)) -> dict:
+    """Analyse the study's current instances again, even when an identical job failed."""
+    _study_or_404(session, study_uid, p, "study.reanalyze")
+    try:
+        how, job_ids = grouping.reanalyze_study(session_factory(get_settings().db_url),
+                                                study_uid, actor=p.actor)
+    except JobConflict as exc:
+        audit.record(session, p.actor, "study.reanalyze", "study", study_uid, outcome="conflict")
+        session.commit()
+        raise Problem(409, "job-open", str(exc)) from exc
+    if not job_ids:
+        audit.record(session, p.actor, "study.reanalyze", "study", study_uid,
+                     outcome="unrouted")
+        session.commit()
+        raise Problem(409, "unrouted", "no routing rule matches this study; change the rules "
+                                       "(PUT /api/v1/admin/routes) and ask again")
+    audit.record(session, p.actor, "study.reanalyze", "study", study_uid,
+                 detail={"jobs": job_ids, "how": how})
+    session.commit()
+    return {"study_uid": study_uid, "jobs": job_ids, "how": how}
 
 
 @router.delete("/{study_uid}")

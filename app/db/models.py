@@ -231,7 +231,10 @@ class ModelVersion(Base):
     version: Mapped[str] = mapped_column(String(64))
     variant: Mapped[str] = mapped_column(String(16), default="builtin")
     weights_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # the digest of the manifest (for a single file: its sha256)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # {"kind": "file"|"folder", "digest": ..., "files": [{"path", "size", "sha256"}]}
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="registered")
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -16,35 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
-
-from app.pipeline.composer import KnowledgeLookup, compose
+from app.dicom.headers import read_header
 from app.pipeline.routing import DEFAULT_RULES, RouteRule, StudyMeta, match, summarise
-from models.base import ContractError, EngineResult, ModelSpec, StudyInput, build
-from models.technical import VERSION as TECHNICAL_VERSION
+from app.registry.defaults import default_spec
+from app.reports.composer import KnowledgeLookup, compose
+from models.base import ContractError, EngineResult, ModelSpec, StudyInput, build, load_engine
+from models.phrasing import labeller_for
 from models.technical import read_wfdb_header
 
 Status = Literal["analyzed", "unrouted", "unreadable"]
-
-# Header keywords kept per instance: enough to route, to describe, and for engines that need
-# acquisition context. No patient names or identifiers.
-HEADER_KEYWORDS = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
-    "BodyPartExamined", "StudyDescription", "SeriesDescription", "SeriesNumber", "InstanceNumber",
-    "ViewPosition", "ImageType", "Manufacturer", "PatientAge", "PatientSex", "StudyDate",
-    "Rows", "Columns", "NumberOfFrames", "PixelSpacing", "ImagerPixelSpacing", "SliceThickness",
-    "ImagePositionPatient", "ImageOrientationPatient", "TotalPixelMatrixColumns",
-    "TotalPixelMatrixRows",
-)
-
-DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
-    "technical": (TECHNICAL_VERSION, "builtin"),
-    "ecg-measure": ("1.0.0", "builtin"),
-    "merl": ("reference", "reference"),
-}
 
 
 @dataclass
@@ -72,15 +52,6 @@ class AnalysisResult:
                 "reason": self.reason}
 
 
-def default_spec(family: str) -> ModelSpec:
-    """The spec used when none is given: builtin for rule-based families, reference otherwise."""
-    if family in DEFAULT_VERSIONS:
-        version, variant = DEFAULT_VERSIONS[family]
-    else:
-        version, variant = "reference", "reference"
-    return ModelSpec(family=family, version=version, variant=variant)  # type: ignore[arg-type]
-
-
 def expand_paths(paths: Sequence[Path | str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files under the given paths (folders recursively, sorted, hidden files skipped) and the
     paths that do not exist. WFDB data and annotation files beside a ``.hea`` are left out: the
@@ -103,46 +74,6 @@ def expand_paths(paths: Sequence[Path | str]) -> tuple[list[Path], list[tuple[Pa
     return kept, missing
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, MultiValue | list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, PersonName):
-        return str(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return str(value)
-
-
-def read_header(path: Path) -> dict[str, Any]:
-    """Routing metadata of one DICOM file (DICOM keywords as keys); raises ValueError if the
-    file is not readable DICOM."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as exc:
-        raise ValueError(f"not a DICOM file ({exc})") from exc
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"cannot read ({exc})") from exc
-    except Exception as exc:  # pydicom raises assorted errors on corrupt headers
-        raise ValueError(f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
-    if "SOPClassUID" not in ds and "Modality" not in ds:
-        raise ValueError("DICOM file without SOPClassUID or Modality (not an instance)")
-    meta: dict[str, Any] = {}
-    for keyword in HEADER_KEYWORDS:
-        value = ds.get(keyword)
-        if value is not None and value != "":
-            meta[keyword] = _plain(value)
-    codes = ds.get("ViewCodeSequence") or []
-    if codes:
-        meta["ViewCodeSequence"] = [{k: str(item.get(k) or "") for k in
-                                     ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")}
-                                    for item in codes]
-    return meta
-
-
 def _wfdb_meta(path: Path) -> dict[str, Any]:
     header = read_wfdb_header(path)
     return {"Modality": "ECG", "RecordName": header["record_name"],
@@ -152,21 +83,25 @@ def _wfdb_meta(path: Path) -> dict[str, Any]:
 
 def _run_engines(rule: RouteRule, study: StudyInput, specs: Mapping[str, ModelSpec],
                  warnings: list[str]) -> list[EngineResult]:
+    """Every engine of the rule in order; offline, a failing engine (required or optional)
+    becomes a warning so the others' results are still shown."""
     results: list[EngineResult] = []
-    for family in rule.pipeline:
+    for family, required in rule.steps():
         spec = specs.get(family) or default_spec(family)
+        what = "engine" if required else "optional engine"
         try:
-            engine = build(spec)
+            engine = load_engine(build(spec))
         except (ContractError, ImportError) as exc:
-            warnings.append(f"engine family {family!r} is not available: {exc}")
+            warnings.append(f"{what} {family}@{spec.version} is not available: {exc}")
             continue
         try:
             result = engine.run(study)
         except Exception as exc:  # one engine failing must not hide the others' results
-            warnings.append(f"engine {family}@{spec.version} failed: {type(exc).__name__}: {exc}")
+            warnings.append(f"{what} {family}@{spec.version} failed: "
+                            f"{type(exc).__name__}: {exc}")
             continue
         if not isinstance(result, EngineResult):
-            warnings.append(f"engine {family}@{spec.version} returned "
+            warnings.append(f"{what} {family}@{spec.version} returned "
                             f"{type(result).__name__}, not an EngineResult; ignored")
             continue
         results.append(result)
@@ -193,7 +128,7 @@ def analyze_study(domain_rules: list[RouteRule], study_uid: str | None, paths: l
                        study_uid=study_uid)
     results = _run_engines(rule, study, specs, out.warnings)
     out.results = [r.to_dict() for r in results]
-    out.draft = compose(results, knowledge).to_dict()
+    out.draft = compose(results, knowledge, labeller=labeller_for(rule.domain)).to_dict()
     return out
 
 

@@ -17,16 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db.models import Series, Study, StudyEvent, utcnow
+from app.db.models import Series, Study, utcnow
+from app.timeline import add_event
 
 # Provisional domain by modality, only for the per-domain idle time; routing decides the rest.
 _MODALITY_DOMAIN = {"CR": "cxr", "DX": "cxr", "CT": "ct", "ECG": "ecg", "SM": "pathology"}
-
-
-def add_event(session: Session, study: Study, kind: str, **detail: object) -> StudyEvent:
-    event = StudyEvent(study_fk=study.id, kind=kind, detail=detail)
-    session.add(event)
-    return event
 
 
 def instance_received(session: Session, study: Study, created: bool,
@@ -36,9 +31,9 @@ def instance_received(session: Session, study: Study, created: bool,
     now = utcnow()
     if study.state == "complete":
         study.state = "receiving"
-        add_event(session, study, "reopened", source=source)
+        add_event(session, study.id, "reopened", source=source)
     elif created:
-        add_event(session, study, "received", source=source)
+        add_event(session, study.id, "received", source=source)
     study.last_received_at = now
 
 
@@ -65,7 +60,7 @@ def _try_complete(session: Session, study_id: int, reason: str,
         return False
     study = session.get(Study, study_id)
     session.refresh(study)
-    add_event(session, study, "complete", reason=reason)
+    add_event(session, study.id, "complete", reason=reason)
     from app.pipeline import jobs  # routing and jobs are created in this same transaction
 
     jobs.route_study(session, study)
@@ -80,6 +75,29 @@ def complete_study(session_factory, study_uid: str, reason: str = "requested") -
         if study_id is None:
             return None
         return _try_complete(session, study_id, reason)
+
+
+def reanalyze_study(session_factory, study_uid: str, actor: str) -> tuple[str, list[int]]:
+    """Analyse a study again: a study still receiving is completed now (which routes it as
+    usual); a complete one gets new jobs even if identical ones failed. Returns how it went
+    ("completed" or "reanalysed") and the new job ids; raises ``jobs.JobConflict`` while a job
+    of the study is open and LookupError for an unknown study."""
+    from app.pipeline import jobs
+
+    with session_factory() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        if study is None:
+            raise LookupError(study_uid)
+        if study.state == "receiving":
+            session.rollback()
+            _try_complete(session, study.id, f"reanalysis requested by {actor}")
+            session.expire_all()
+            study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+            return "completed", jobs.open_jobs(session, study)
+        created = jobs.reanalyze(session, study, actor)
+        ids = [j.id for j in created]
+        session.commit()
+        return "reanalysed", ids
 
 
 def complete_idle(session_factory, now: datetime | None = None) -> list[str]:

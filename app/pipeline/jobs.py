@@ -24,9 +24,11 @@ from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db.models import Instance, Job, Series, Study, StudyEvent, utcnow
-from app.pipeline import grouping, routes_store
+from app.db.models import Instance, Job, Series, Study, utcnow
+from app.dicom.headers import read_header
+from app.pipeline import routes_store
 from app.pipeline.routing import StudyMeta, match, summarise
+from app.timeline import add_event
 
 log = logging.getLogger("medgate.jobs")
 
@@ -34,9 +36,11 @@ _SEND_KEY = "medgate_jobs_to_send"
 
 
 def idempotency_key(study_uid: str, rule: str, pipeline: list[str],
-                    instance_uids: list[str]) -> str:
+                    instance_uids: list[str], salt: str = "") -> str:
+    """The same study content through the same rule and pipeline is one job; a re-analysis
+    asked for by a person adds a salt of its own, so it is a new job even after a failure."""
     h = hashlib.sha256()
-    for part in (study_uid, rule, ",".join(pipeline), *sorted(instance_uids)):
+    for part in (study_uid, rule, ",".join(pipeline), *sorted(instance_uids), salt):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -45,8 +49,6 @@ def idempotency_key(study_uid: str, rule: str, pipeline: list[str],
 def study_metadata(session: Session, study: Study) -> tuple[list[dict[str, Any]], list[str]]:
     """Routing metadata per instance, from the index plus one header per series (for views
     and anything else the index does not hold)."""
-    from app.pipeline.analyze import read_header
-
     rows = session.execute(
         select(Instance, Series).join(Series, Instance.series_fk == Series.id)
         .where(Series.study_fk == study.id).order_by(Series.id, Instance.instance_number,
@@ -69,8 +71,13 @@ def study_metadata(session: Session, study: Study) -> tuple[list[dict[str, Any]]
     return metadata, uids
 
 
-def route_study(session: Session, study: Study) -> list[Job]:
-    """Called in the completing transaction: route, and create the jobs (idempotently)."""
+class JobConflict(Exception):
+    """A request that would start a second job while one of the study's jobs is still open."""
+
+
+def route_study(session: Session, study: Study, salt: str = "") -> list[Job]:
+    """Called in the completing transaction: route, and create the jobs (idempotently; a
+    ``salt`` makes them new jobs, for a re-analysis)."""
     from app.reports.service import open_report
 
     metadata, uids = study_metadata(session, study)
@@ -78,34 +85,55 @@ def route_study(session: Session, study: Study) -> list[Job]:
     matched = match(routes_store.load(session), meta)
     if not matched:
         study.route_status = "unrouted"
-        grouping.add_event(session, study, "unrouted", modalities=sorted(meta.modalities),
+        add_event(session, study.id, "unrouted", modalities=sorted(meta.modalities),
                            sop_classes=sorted(meta.sop_class_uids))
         return []
     study.route_status = "routed"
     study.domain = matched[0].domain
     created = []
     for rule in matched:
-        key = idempotency_key(study.study_uid, rule.name, list(rule.pipeline), uids)
+        steps = [f if required else f"{f}?" for f, required in rule.steps()]
+        key = idempotency_key(study.study_uid, rule.name, steps, uids, salt)
         if session.scalar(select(Job.id).where(Job.idempotency_key == key)) is not None:
             continue
         open_report(session, study, rule.domain)
         job = Job(study_fk=study.id, idempotency_key=key, domain=rule.domain,
-                  pipeline="+".join(rule.pipeline), engines=list(rule.pipeline), rule=rule.name,
+                  pipeline="+".join(steps)[:64], engines=rule.pipeline_json(), rule=rule.name,
                   queue=rule.queue, instance_uids=uids, state="queued", queued_at=utcnow())
         session.add(job)
         session.flush()
-        grouping.add_event(session, study, "queued", job=job.id, domain=rule.domain,
+        add_event(session, study.id, "queued", job=job.id, domain=rule.domain,
                            rule=rule.name)
         session.info.setdefault(_SEND_KEY, []).append((job.id, job.queue))
         created.append(job)
     return created
 
 
+RUN_JOB_TASK = "medgate.run_job"  # app.pipeline.tasks.run_job, sent by name (no import circle)
+
+
+def open_jobs(session: Session, study: Study) -> list[int]:
+    """Ids of the study's jobs that are queued or running."""
+    return list(session.scalars(select(Job.id).where(Job.study_fk == study.id,
+                                                     Job.state.in_(("queued", "started")))))
+
+
+def reanalyze(session: Session, study: Study, actor: str) -> list[Job]:
+    """New jobs for the study's current instances through the current rules, even when an
+    identical job ran (or failed) before. Refused while one of its jobs is still open."""
+    running = open_jobs(session, study)
+    if running:
+        raise JobConflict(f"job {running[0]} of this study is still queued or running; "
+                          "wait for it to finish")
+    add_event(session, study.id, "reanalysis", by=actor)
+    return route_study(session, study, salt=uuid.uuid4().hex)
+
+
 def send(job_id: int, queue: str) -> bool:
-    from app.pipeline.tasks import run_job
+    from app.pipeline.celery_app import celery_app
 
     try:
-        run_job.apply_async(args=[job_id], queue=queue, retry=False)
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=False)
         return True
     except Exception as exc:  # noqa: BLE001 - the sweeper sends it again later
         log.warning("could not send job %s to %s: %s", job_id, queue, exc)
@@ -135,8 +163,7 @@ def claim(session: Session, job_id: int) -> str | None:
         session.rollback()
         return None
     job = session.get(Job, job_id)
-    session.add(StudyEvent(study_fk=job.study_fk, kind="started",
-                           detail={"job": job_id, "attempt": job.attempts}))
+    add_event(session, job.study_fk, "started", job=job_id, attempt=job.attempts)
     session.commit()
     return token
 
@@ -162,8 +189,7 @@ def fail(session: Session, job_id: int, token: str, reason: str) -> None:
                         .values(state="failed", finished_at=utcnow(), error=reason[:2000]))
     if r.rowcount == 1:
         job = session.get(Job, job_id)
-        session.add(StudyEvent(study_fk=job.study_fk, kind="failed",
-                               detail={"job": job_id, "reason": reason[:500]}))
+        add_event(session, job.study_fk, "failed", job=job_id, reason=reason[:500])
     session.commit()
 
 
@@ -197,8 +223,7 @@ def sweep(session_factory, now: datetime | None = None) -> dict[str, list[int]]:
             r = session.execute(update(Job).where(Job.id == job.id, Job.claim == job.claim,
                                                   Job.state == "started").values(**values))
             if r.rowcount == 1:
-                session.add(StudyEvent(study_fk=job.study_fk, kind=kind,
-                                       detail={"job": job.id, "reason": "worker lost"}))
+                add_event(session, job.study_fk, kind, job=job.id, reason="worker lost")
                 session.commit()
                 out[bucket].append(job.id)
                 if bucket == "requeued":

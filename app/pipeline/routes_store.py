@@ -9,7 +9,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db.models import RouteRuleRow, utcnow
-from app.pipeline.routing import RouteRule, rules_from_dicts
+from app.pipeline.families import known_families
+from app.pipeline.routing import RouteRule, RuleError, rules_from_dicts
 
 
 def load(session: Session) -> list[RouteRule]:
@@ -21,6 +22,13 @@ def load(session: Session) -> list[RouteRule]:
 def replace(session: Session, items: list[dict[str, Any]]) -> list[RouteRule]:
     """Validate every rule first, then replace the whole set; invalid input changes nothing."""
     rules = rules_from_dicts(items)  # raises RuleError before anything is deleted
+    known = set(known_families())
+    for rule in rules:
+        unknown = [f for f in rule.pipeline if f not in known]
+        if unknown:
+            raise RuleError(f"rule {rule.name!r}: pipeline names unknown engine "
+                            f"famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: "
+                            f"{sorted(known)}")
     session.execute(delete(RouteRuleRow))
     for r in rules:
         session.add(RouteRuleRow(name=r.name, priority=r.priority, definition=r.to_dict(),

@@ -74,14 +74,52 @@ class StudyMeta:
                    view_positions=frozenset(s.upper() for s in data.get("view_positions", ())))
 
 
+def _pipeline_items(where: str, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Families and the optional ones from a pipeline: each item is a family name (required) or
+    ``{"family": name, "required": false}``."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise RuleError(f"{where}: pipeline must be a list, not {type(value).__name__}")
+    families, optional = [], []
+    for item in value:
+        if isinstance(item, Mapping):
+            unknown = sorted(set(item) - {"family", "required"})
+            if unknown:
+                raise RuleError(f"{where}: pipeline step {dict(item)!r} has unknown field(s) "
+                                f"{unknown}; a step is a family name or "
+                                '{"family": ..., "required": true|false}')
+            family, required = item.get("family"), item.get("required", True)
+            if not isinstance(required, bool):
+                raise RuleError(f"{where}: 'required' of pipeline step {family!r} must be true "
+                                "or false")
+        else:
+            family, required = item, True
+        if not isinstance(family, str) or not family.strip():
+            raise RuleError(f"{where}: pipeline steps must name an engine family, not {item!r}")
+        families.append(family.strip())
+        if not required:
+            optional.append(family.strip())
+    return tuple(families), tuple(optional)
+
+
+def pipeline_steps(items: Iterable[Any]) -> list[tuple[str, bool]]:
+    """(family, required) for each step of a stored pipeline (a rule's or a job's)."""
+    families, optional = _pipeline_items("pipeline", list(items))
+    return [(f, f not in optional) for f in families]
+
+
 @dataclass(frozen=True, kw_only=True)
 class RouteRule:
     """One routing rule. An empty criterion matches anything; ``""`` in ``body_part`` matches a
-    study whose instances record no BodyPartExamined. Higher ``priority`` wins."""
+    study whose instances record no BodyPartExamined. Higher ``priority`` wins.
+
+    ``pipeline`` runs in order. Each engine is required unless listed in ``optional`` (or given
+    as ``{"family": ..., "required": false}``): an optional engine that fails or refuses its
+    input adds a warning to the draft and the job goes on; a required one fails the job."""
 
     name: str
     domain: str
     pipeline: tuple[str, ...]
+    optional: tuple[str, ...] = ()
     queue: str = ""  # empty: the domain's own queue
     priority: int = 0
     modality: tuple[str, ...] = ()
@@ -102,11 +140,16 @@ class RouteRule:
             raise RuleError(f"{where}: queue must be one of {QUEUES}, not {queue!r}")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise RuleError(f"{where}: priority must be an integer, not {self.priority!r}")
-        pipeline = _strings(f"{where}: pipeline", self.pipeline, upper=False)
-        if not pipeline or not all(pipeline):
+        pipeline, optional = _pipeline_items(where, self.pipeline)
+        if not pipeline:
             raise RuleError(f"{where}: pipeline must list at least one engine family")
-        if len(pipeline) != len(list(self.pipeline)):
-            raise RuleError(f"{where}: pipeline lists a family twice: {list(self.pipeline)}")
+        if len(set(pipeline)) != len(pipeline):
+            raise RuleError(f"{where}: pipeline lists a family twice: {list(pipeline)}")
+        optional = tuple(dict.fromkeys(
+            (*optional, *_strings(f"{where}: optional", self.optional, upper=False))))
+        stray = [f for f in optional if f not in pipeline]
+        if stray:
+            raise RuleError(f"{where}: optional names {stray}, which the pipeline does not run")
         sops = _strings(f"{where}: sop_class_uids", self.sop_class_uids, upper=False)
         bad = [u for u in sops if len(u) > 64 or not _UID.match(u)]
         if bad:
@@ -121,7 +164,8 @@ class RouteRule:
                 raise RuleError(f"{where}: description_pattern is not a valid regular expression "
                                 f"({exc})") from exc
         values = {
-            "queue": queue, "pipeline": pipeline, "sop_class_uids": sops, "_regex": regex,
+            "queue": queue, "pipeline": pipeline, "optional": optional, "sop_class_uids": sops,
+            "_regex": regex,
             "modality": _strings(f"{where}: modality", self.modality, upper=True),
             "body_part": _strings(f"{where}: body_part", self.body_part, upper=True),
             "view_positions": _strings(f"{where}: view_positions", self.view_positions, upper=True),
@@ -152,12 +196,22 @@ class RouteRule:
                 "sop_class_uids": list(self.sop_class_uids), "body_part": list(self.body_part),
                 "description_pattern": self.description_pattern,
                 "view_positions": list(self.view_positions), "domain": self.domain,
-                "pipeline": list(self.pipeline), "queue": self.queue}
+                "pipeline": self.pipeline_json(), "queue": self.queue}
+
+    def pipeline_json(self) -> list[Any]:
+        """The pipeline as stored and shown: a family name per required step,
+        ``{"family": ..., "required": false}`` per optional one."""
+        return [{"family": f, "required": False} if f in self.optional else f
+                for f in self.pipeline]
+
+    def steps(self) -> list[tuple[str, bool]]:
+        return [(f, f not in self.optional) for f in self.pipeline]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RouteRule:
         allowed = {"name", "priority", "modality", "sop_class_uids", "body_part",
-                   "description_pattern", "view_positions", "domain", "pipeline", "queue"}
+                   "description_pattern", "view_positions", "domain", "pipeline", "optional",
+                   "queue"}
         if not isinstance(data, Mapping):
             raise RuleError(f"a rule must be a JSON object, not {type(data).__name__}")
         unknown = sorted(set(data) - allowed)
@@ -186,9 +240,9 @@ CXR_VIEWS = ("PA", "AP", "LL", "RL", "LATERAL", "LAT", "POSTERO-ANTERIOR", "ANTE
 DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule(name="ecg-waveform", priority=100, domain="ecg",
               sop_class_uids=(ECG_12_LEAD, ECG_GENERAL, ECG_AMBULATORY),
-              pipeline=("technical", "ecg-measure", "merl")),
+              pipeline=("technical", "ecg-measure", "merl"), optional=("merl",)),
     RouteRule(name="ecg-modality", priority=90, domain="ecg", modality=("ECG",),
-              pipeline=("technical", "ecg-measure", "merl")),
+              pipeline=("technical", "ecg-measure", "merl"), optional=("merl",)),
     RouteRule(name="pathology-wsi", priority=100, domain="pathology",
               sop_class_uids=(VL_WHOLE_SLIDE,), pipeline=("technical",)),
     RouteRule(name="pathology-sm", priority=90, domain="pathology", modality=("SM",),

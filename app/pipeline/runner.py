@@ -1,17 +1,28 @@
-"""Runs one job in a worker: load the study, run the engines of its pipeline, compose the draft,
-write the report version and mark the job done, in one transaction.
+"""Runs one job in a worker: read the study and the model versions, run the engines of its
+pipeline, compose the draft, write the report version and mark the job done.
+
+The database session is closed while the models run: everything a job needs is read first
+(instances, prior, the active version of each family with its manifest), the engines run with
+no transaction open, and the draft is written in one short transaction at the end.
+
+Engines live for the worker's lifetime (``models.runtime.cache``): built and loaded once per
+family, version and weights, timed by a metric and a log line, reused by every later job; the
+next job after an activation builds the new version.
 
 Errors are sorted into transient (database or file system hiccups: the task retries with
-backoff) and permanent (bad input, a model that fails or breaks the contract: the job fails
-with a reason the API shows).
+backoff) and permanent (bad input, a model that fails or breaks the contract). A permanent error
+of a required engine fails the job with a reason the API shows; one of an optional engine adds a
+warning to the draft and the job goes on.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +32,20 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.db.models import Instance, Job, Patient, Series, Study, StudyEvent
+from app.db.models import Instance, Job, Patient, Series, Study
 from app.db.session import session_factory
+from app.dicom.headers import read_header
 from app.pipeline import jobs
-from app.pipeline.composer import compose
-from models.base import EngineResult, StudyInput, build
+from app.pipeline.families import load_plugins
+from app.pipeline.routing import pipeline_steps
+from app.rag.corpus import knowledge_lookup
+from app.registry.versions import Resolved, resolve
+from app.reports.composer import compose
+from app.timeline import add_event
+from models.base import ContractError, EngineResult, InstanceRef, SeriesInput, StudyInput
+from models.phrasing import labeller_for
+from models.runtime.cache import EngineCache
+from models.runtime.device import dtype_name, resolve_device, resolve_dtype
 
 log = logging.getLogger("medgate.runner")
 
@@ -48,22 +68,40 @@ def _classify(exc: BaseException) -> type[Exception]:
     return PermanentError
 
 
-def study_input(session: Session, study: Study, domain: str,
-                instance_uids: list[str] | None = None, with_prior: bool = True
-                ) -> StudyInput:
-    from app.pipeline.analyze import read_header
+def _on_load(spec, seconds: float) -> None:  # noqa: ANN001 - a ModelSpec
+    metrics.ENGINE_LOAD.labels(family=spec.family, version=spec.version,
+                               device=spec.device).observe(seconds)
+    log.info("engine %s@%s loaded in %.2f s on %s (%s)", spec.family, spec.version, seconds,
+             spec.device, spec.dtype or "default dtype")
 
+
+_CACHE: EngineCache | None = None
+
+
+def engine_cache() -> EngineCache:
+    """This process's engines (one cache per worker process)."""
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = EngineCache(on_load=_on_load)
+    return _CACHE
+
+
+# ---------------------------------------------------------------------------- reading a job
+
+def study_input(session: Session, study: Study, domain: str,
+                instance_uids: list[str] | None = None, with_prior: bool = True,
+                output_dir: Path | None = None) -> StudyInput:
     store = get_settings().store_dir
-    stmt = (select(Instance).join(Series, Instance.series_fk == Series.id)
-            .where(Series.study_fk == study.id)
-            .order_by(Series.id, Instance.instance_number, Instance.id))
-    instances = list(session.scalars(stmt))
+    rows = session.execute(
+        select(Instance, Series).join(Series, Instance.series_fk == Series.id)
+        .where(Series.study_fk == study.id)
+        .order_by(Series.id, Instance.instance_number, Instance.id)).all()
     if instance_uids is not None:
         wanted = set(instance_uids)
-        instances = [i for i in instances if i.sop_instance_uid in wanted]
-    if not instances:
+        rows = [(i, s) for i, s in rows if i.sop_instance_uid in wanted]
+    if not rows:
         raise PermanentError(f"study {study.study_uid} has no stored instances")
-    paths = [store / i.path for i in instances]
+    paths = [store / i.path for i, _ in rows]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise PermanentError(f"stored files are missing: {missing[:3]}")
@@ -73,8 +111,15 @@ def study_input(session: Session, study: Study, domain: str,
             metadata.append(read_header(p))
         except ValueError as exc:
             raise PermanentError(f"{p.name}: {exc}") from exc
+    grouped: dict[str, tuple[str, list[InstanceRef]]] = {}
+    for (inst, series), path in zip(rows, paths, strict=True):
+        grouped.setdefault(series.series_uid, (series.modality, []))[1].append(
+            InstanceRef(inst.sop_instance_uid, path, inst.instance_number))
+    series_inputs = [SeriesInput(uid, modality, tuple(refs))
+                     for uid, (modality, refs) in grouped.items()]
     prior = find_prior(session, study, domain) if with_prior else None
     return StudyInput(domain=domain, paths=paths, metadata=metadata, study_uid=study.study_uid,
+                      series=series_inputs, output_dir=output_dir,
                       prior=study_input(session, prior, domain, with_prior=False)
                       if prior is not None else None)
 
@@ -97,68 +142,69 @@ def find_prior(session: Session, study: Study, domain: str) -> Study | None:
     return max(earlier, key=key) if earlier else None
 
 
-def resolve_spec(session: Session, family: str):  # noqa: ANN201 - ModelSpec
-    """The active registered version of a family, else its built-in default."""
-    from app.db.models import ModelVersion
-    from app.pipeline.analyze import default_spec
-    from models.base import ModelSpec
+@dataclass
+class _Plan:
+    """Everything a job needs from the database, read before any model runs."""
 
-    row = session.scalar(select(ModelVersion).where(ModelVersion.family == family,
-                                                    ModelVersion.status == "active"))
-    if row is None:
-        return default_spec(family)
-    weights = row.weights_path
-    if weights and not Path(weights).is_absolute():
-        weights = str(get_settings().models_dir / weights)
-    return ModelSpec(family=row.family, version=row.version, variant=row.variant,
-                     weights_path=weights, sha256=row.sha256, config=row.config or {})
+    study_id: int
+    domain: str
+    steps: list[tuple[str, bool]]
+    study: StudyInput
+    models: dict[str, Resolved]
 
 
-_CORPUS: dict[str, dict[str, Any]] | None = None
-
-
-def knowledge_lookup():  # noqa: ANN201 - the composer's knowledge callable
-    """Entries by id, read from the corpus files once per process. Citing an entry needs its
-    title, not the search index, so a worker never waits for embeddings to cite."""
-    global _CORPUS
-    if _CORPUS is None:
-        from app.rag.corpus import default_corpus_root, load_corpus
-
-        root = default_corpus_root()
-        _CORPUS = ({e.id: e.to_dict() for e in load_corpus(root, strict=False)}
-                   if root.is_dir() else {})
-    corpus = _CORPUS
-    return corpus.get
-
-
-def load_plugins() -> None:
-    import importlib
-
-    for module in get_settings().engine_plugins:
-        importlib.import_module(module)
-
-
-def run_engines(session: Session, job: Job, study: StudyInput) -> tuple[list[EngineResult],
-                                                                        dict[str, float]]:
-    results, timings = [], {}
+def _plan(session: Session, job_id: int) -> _Plan:
+    job = session.get(Job, job_id)
+    study = session.get(Study, job.study_fk)
+    out = get_settings().results_dir / study.study_uid / f"job-{job_id}"
+    data = study_input(session, study, job.domain, job.instance_uids, output_dir=out)
+    settings = get_settings()
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:
+        raise PermanentError(f"MEDGATE_DEVICE: {exc}") from exc
     load_plugins()
-    for family in job.engines:
-        spec = resolve_spec(session, family)
+    steps = pipeline_steps(job.engines)
+    models = {}
+    for family, _ in steps:
+        dtype = dtype_name(resolve_dtype(device, settings.dtype_by_family.get(family)))
+        models[family] = resolve(session, family, device=device, dtype=dtype)
+    return _Plan(study.id, job.domain, steps, data, models)
+
+
+# ---------------------------------------------------------------------------- running engines
+
+def run_engines(plan: _Plan) -> tuple[list[EngineResult], dict[str, float], list[str]]:
+    """Run the plan's engines in order: results, seconds per engine, and the warnings of
+    optional engines that were skipped."""
+    cache = engine_cache()
+    results, timings, skipped = [], {}, []
+    for family, required in plan.steps:
+        resolved = plan.models[family]
+        spec = resolved.spec
         started = time.perf_counter()
         try:
-            engine = build(spec)
-            result = engine.run(study)
+            result = cache.get(spec, resolved.manifest).run(plan.study)
+            if not isinstance(result, EngineResult):
+                raise PermanentError(f"returned {type(result).__name__}, not an EngineResult")
         except Exception as exc:
             kind = _classify(exc)
-            raise kind(f"engine {family}@{spec.version} failed: {type(exc).__name__}: {exc}"
-                       ) from exc
+            # the contract's own errors (a manifest, a strict load, bad input) say it all
+            reason = (str(exc) if isinstance(exc, PermanentError | ContractError)
+                      else f"{type(exc).__name__}: {exc}")
+            if kind is TransientError:
+                raise TransientError(f"engine {family}@{spec.version} failed: {reason}") from exc
+            if required:
+                raise PermanentError(f"engine {family}@{spec.version} failed: {reason}") from exc
+            log.info("optional engine %s@%s skipped: %s", family, spec.version, reason)
+            metrics.ENGINE_SKIPPED.labels(domain=plan.domain, engine=family).inc()
+            skipped.append(f"optional engine {family}@{spec.version} was skipped: {reason}")
+            continue
         elapsed = time.perf_counter() - started
-        if not isinstance(result, EngineResult):
-            raise PermanentError(f"engine {family} returned {type(result).__name__}")
         timings[f"{family}@{spec.version}"] = round(elapsed, 4)
-        metrics.ENGINE_RUN.labels(domain=job.domain, engine=family).observe(elapsed)
+        metrics.ENGINE_RUN.labels(domain=plan.domain, engine=family).observe(elapsed)
         results.append(result)
-    return results, timings
+    return results, timings, skipped
 
 
 class _Heart(threading.Thread):
@@ -194,40 +240,45 @@ def execute(job_id: int) -> str:
     heart = _Heart(job_id, token)
     heart.start()
     started = time.perf_counter()
+    plan: _Plan | None = None
     try:
         with factory() as session:
-            job = session.get(Job, job_id)
-            study = session.get(Study, job.study_fk)
-            data = study_input(session, study, job.domain, job.instance_uids)
-            results, timings = run_engines(session, job, data)
-            draft = compose(results, knowledge_lookup())
-            elapsed = time.perf_counter() - started
-            timings["total"] = round(elapsed, 4)
+            plan = _plan(session, job_id)
+            session.rollback()  # no transaction stays open while the models run
+        results, timings, skipped = run_engines(plan)
+        draft = compose(results, knowledge_lookup(), warnings=skipped,
+                        labeller=labeller_for(plan.domain))
+        elapsed = time.perf_counter() - started
+        timings["total"] = round(elapsed, 4)
+        with factory() as session:
             if not jobs.finish(session, job_id, token, timings):
                 session.rollback()
                 return "skipped"
-            report = open_report(session, study, job.domain)
+            study = session.get(Study, plan.study_id)
+            report = open_report(session, study, plan.domain)
             version = write_draft(session, report, draft.to_dict(),
                                   [r.to_dict() for r in results],
                                   author=",".join(sorted(timings.keys() - {"total"})),
                                   job_id=job_id)
-            session.add(StudyEvent(study_fk=study.id, kind="finished",
-                                   detail={"job": job_id, "seconds": round(elapsed, 3)}))
-            session.add(StudyEvent(study_fk=study.id, kind="drafted",
-                                   detail={"job": job_id, "report": report.id,
-                                           "version": version.number}))
+            add_event(session, study.id, "finished", job=job_id, seconds=round(elapsed, 3),
+                      **({"skipped": skipped} if skipped else {}))
+            add_event(session, study.id, "drafted", job=job_id, report=report.id,
+                      version=version.number)
             session.commit()
-            metrics.JOB_RUN.labels(domain=job.domain).observe(elapsed)
+            metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
             return "done"
     except TransientError as exc:
+        _discard_outputs(plan)
         with factory() as session:
             jobs.release(session, job_id, token, str(exc))
         raise
     except OperationalError as exc:
+        _discard_outputs(plan)
         with factory() as session:
             jobs.release(session, job_id, token, str(exc))
         raise TransientError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - anything else is permanent for this job
+        _discard_outputs(plan)
         reason = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
         log.warning("job %s failed: %s", job_id, reason)
         with factory() as session:
@@ -235,3 +286,9 @@ def execute(job_id: int) -> str:
         return "failed"
     finally:
         heart.stop_event.set()
+
+
+def _discard_outputs(plan: _Plan | None) -> None:
+    """Mask files of a job that wrote no draft belong to nothing."""
+    if plan is not None and plan.study.output_dir is not None:
+        shutil.rmtree(plan.study.output_dir, ignore_errors=True)

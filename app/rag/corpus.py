@@ -278,3 +278,17 @@ def check(root: Path | None = None) -> list[str]:
             else:
                 seen[eid] = rel
     return problems
+
+
+_BY_ID: dict[str, dict] | None = None
+
+
+def knowledge_lookup():  # noqa: ANN201 - the composer's KnowledgeLookup
+    """Entries by id, read from the corpus files once per process. Citing an entry needs its
+    title, not the search index, so a worker never waits for embeddings to cite."""
+    global _BY_ID
+    if _BY_ID is None:
+        root = default_corpus_root()
+        _BY_ID = ({e.id: e.to_dict() for e in load_corpus(root, strict=False)}
+                  if root.is_dir() else {})
+    return _BY_ID.get

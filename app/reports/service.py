@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Report, ReportVersion, Study, StudyEvent, utcnow
-from app.pipeline.composer import SECTIONS
+from app.db.models import Job, Patient, Report, ReportVersion, Study, StudyEvent, utcnow
+from app.reports.draft import SECTIONS
 from app.reports.lifecycle import FHIR_STATUS, SIGNED, allowed_actions, next_state
 
 
@@ -164,6 +165,8 @@ def _evidence_views(content: dict[str, Any]) -> dict[str, Any]:
         "models": [{**r["model"], "trained": r.get("trained", False)} for r in results],
         "untrained_results": [r for r in results if not r.get("trained")],
         "warnings": content.get("draft", {}).get("warnings", []),
+        # sentences a trained model wrote that no grounded source confirms: never report text
+        "unverified_text": content.get("draft", {}).get("unverified", []),
     }
 
 
@@ -197,10 +200,59 @@ def report_dict(session: Session, report: Report, number: int | None = None,
     return out
 
 
-def worklist_item(report: Report, study: Study, patient_id: str) -> dict[str, Any]:
+# The worklist's pseudo-state: an open report (no signed text yet) whose latest job failed.
+FAILED = "failed"
+OPEN = ("pending", "draft", "edited")
+
+
+def _analysis(job: Job | None) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {"job": job.id, "state": job.state, "error": job.error, "attempts": job.attempts,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+
+
+def worklist_item(report: Report, study: Study, patient_id: str,
+                  job: Job | None = None) -> dict[str, Any]:
     return {"id": report.id, "study_uid": study.study_uid, "patient_id": patient_id,
             "domain": report.domain, "state": report.state,
             "fhir_status": FHIR_STATUS[report.state], "priority": report.priority,
             "version": report.current_version, "study_date": study.study_date,
+            "failed": bool(job is not None and job.state == "failed"
+                           and report.state in OPEN),
+            "analysis": _analysis(job),
             "created_at": report.created_at.isoformat() if report.created_at else None,
             "updated_at": report.updated_at.isoformat() if report.updated_at else None}
+
+
+def worklist(session: Session, *, states: list[str], domain: str | None = None,
+             patient_id: str | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 50, offset: int = 0
+             ) -> list[dict[str, Any]]:
+    """Reports with their study, patient ID and latest analysis job (of the study and the
+    report's domain). ``failed`` in ``states`` selects open reports whose latest job failed."""
+    latest = (select(func.max(Job.id)).where(Job.study_fk == Report.study_fk,
+                                             Job.domain == Report.domain)
+              .correlate(Report).scalar_subquery())
+    stmt = (select(Report, Study, Patient.patient_id, Job)
+            .join(Study, Report.study_fk == Study.id)
+            .join(Patient, Study.patient_fk == Patient.id)
+            .outerjoin(Job, Job.id == latest))
+    if states:
+        plain = [s for s in states if s != FAILED]
+        wanted = [Report.state.in_(plain)] if plain else []
+        if FAILED in states:
+            wanted.append(and_(Job.state == "failed", Report.state.in_(OPEN)))
+        stmt = stmt.where(or_(*wanted))
+    if domain:
+        stmt = stmt.where(Report.domain == domain)
+    if patient_id:
+        stmt = stmt.where(Patient.patient_id == patient_id)
+    if since:
+        stmt = stmt.where(Report.created_at >= since)
+    if until:
+        stmt = stmt.where(Report.created_at <= until)
+    # Highest priority first; within a priority the oldest waits least long.
+    rows = session.execute(stmt.order_by(Report.priority.desc(), Report.created_at, Report.id)
+                           .limit(limit).offset(offset)).all()
+    return [worklist_item(r, s, pid, job) for r, s, pid, job in rows]

@@ -12,8 +12,15 @@ from __future__ import annotations
 from models.base import Engine, ModelSpec, register
 from models.ecg.engine import FAMILY as MEASURE_FAMILY
 from models.ecg.engine import EcgMeasureEngine
+from models.ecg.merl_tree import MERL_TREE
+from models.ecg.phrasing import ECG_PHRASING
+from models.phrasing import register_phrasing
+from models.runtime.tree import register_tree
 
 MERL_FAMILY = "merl"
+register_phrasing(MEASURE_FAMILY, ECG_PHRASING)
+register_phrasing(MERL_FAMILY, ECG_PHRASING)
+register_tree(MERL_TREE)
 
 
 @register(MEASURE_FAMILY)

@@ -73,11 +73,13 @@ class EcgMeasureEngine:
         raw = analysis.raw()
         raw.update(file=str(path), not_analysed_leads=extra,
                    other_waveform_groups=[g.label for g in record.groups],
-                   patient=dict(record.patient))
+                   patient=dict(record.patient),
+                   # a plain summary for the CLI and logs; the composer writes report text
+                   summary=_text(analysis, interp.findings))
         return EngineResult(
             model=ModelInfo(FAMILY, self.version, None), trained=True,
             findings=interp.findings, measurements=analysis.measurements,
-            text=_text(analysis, interp.findings), warnings=warnings, raw=raw)
+            warnings=warnings, raw=raw)
 
 
 def _standard_part(record: EcgRecord) -> tuple[EcgRecord, list[str]]:

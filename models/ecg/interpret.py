@@ -27,7 +27,7 @@ class Interpretation:
     warnings: list[str] = field(default_factory=list)
 
     def codes(self, states: tuple[str, ...] = ("present",)) -> set[str]:
-        return {f.code for f in self.findings if f.state in states}
+        return {f.code.value for f in self.findings if f.state in states}
 
 
 # Statements that describe a normal tracing; everything else this module states is abnormal.
@@ -453,7 +453,7 @@ def interpret(a: EcgAnalysis, sex: str | None = None, age: float | None = None) 
     ectopy = r.ectopy(rhythm)
     abnormal = bool(
         conduction or lvh or st or low or ectopy or axis not in ("normal", None)
-        or any(f.code in ("ecg-prolonged-qt", "ecg-first-degree-av-block")
+        or any(f.code.value in ("ecg-prolonged-qt", "ecg-first-degree-av-block")
                for f in r.out.findings))
     r.normal(rhythm, n_bad, abnormal)
     return r.out

@@ -12,9 +12,14 @@ Variants:
   whole pipeline on two CPU cores; its result has ``trained=False``, so nothing it says reaches
   report text.
 - ``checkpoint``: the published sizes (ViT-tiny or ResNet-18 ECG encoder, MedCPT-sized BERT),
-  the authors' released ``*_ckpt.pth`` loaded with ``torch.load(weights_only=True)`` and
-  ``load_state_dict(strict=True)``, its sha256 checked when the spec gives one, and the
-  MedCPT-Query-Encoder tokenizer from ``config["tokenizer_dir"]``.
+  the authors' released ``*_ckpt.pth`` or a hub-style folder (safetensors, sharded or not) read
+  by ``models.runtime.checkpoint`` and loaded strictly, and the MedCPT-Query-Encoder tokenizer
+  from ``config["tokenizer_dir"]`` or from the checkpoint folder. The platform verifies the
+  registered manifest of the weights before it builds the engine, so the engine does not hash
+  them again.
+
+Building an engine only checks its spec; ``load()`` (called by the first ``run()``) reads the
+weights and the tokenizer.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from models.base import (
     ModelSpec,
     StudyInput,
     Where,
-    sha256_file,
 )
 from models.ecg.engine import first_ecg_path
 from models.ecg.merl_net import MerlModel
 from models.ecg.merl_preprocess import STEPS, preprocess
 from models.ecg.signal import read_ecg
+from models.runtime.checkpoint import CheckpointLayout, describe, load_state_dict
+from models.runtime.device import resolve_device
+from models.runtime.strict import materialize_meta_buffers, strict_load
 
 FAMILY = "merl"
 PROMPTS_PATH = Path(__file__).with_name("merl_prompts.json")
@@ -110,14 +117,13 @@ def load_prompts(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return classes
 
 
-def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """A MERL state dict from a released checkpoint file, with what was normalised.
+def normalise_state(obj: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A MERL state dict from what a checkpoint held, with what was normalised.
 
     Accepts the bare state dict (``*_ckpt.pth``), a training checkpoint with
-    ``model_state_dict``, and keys prefixed ``module.`` by DataParallel. Refuses anything that is
-    not a mapping of names to tensors (``weights_only=True`` loads no code).
+    ``model_state_dict`` or ``state_dict``, and keys prefixed ``module.`` by DataParallel; drops
+    ``LEGACY_BUFFERS``. Refuses anything that is not a mapping of names to tensors.
     """
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
     notes: list[str] = []
     for key in ("model_state_dict", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -126,10 +132,12 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
             break
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ContractError(f"{path} does not hold a state dict of tensors")
+        raise ContractError("the MERL checkpoint does not hold a state dict of tensors")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
         notes.append("DataParallel 'module.' prefix removed")
+    else:
+        obj = dict(obj)
     for k in LEGACY_BUFFERS:
         if k in obj:
             del obj[k]
@@ -137,8 +145,30 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     return obj, notes
 
 
+def load_state(path: str | Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The normalised MERL state dict of a checkpoint file or folder, with what was normalised.
+
+    ``models.runtime.checkpoint`` reads it (``weights_only=True`` for torch files, so no code
+    is loaded) and unwraps a training checkpoint; ``normalise_state`` does the rest.
+    """
+    notes: list[str] = []
+    state = load_state_dict(path, device=device, notes=notes)
+    state, more = normalise_state(state)
+    return state, notes + more
+
+
+def _rebuild_buffer(name: str, buf: torch.Tensor) -> torch.Tensor | None:
+    """BERT's non-persistent index buffers, which no checkpoint holds."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "position_ids":
+        return torch.arange(buf.shape[-1], dtype=buf.dtype).expand(buf.shape).clone()
+    if leaf == "token_type_ids":
+        return torch.zeros(buf.shape, dtype=buf.dtype)
+    return None
+
+
 def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> MerlModel:
-    """A MERL model holding ``state``, loaded with ``strict=True``.
+    """A MERL model holding ``state``, loaded strictly.
 
     The module tree is built on the meta device (no memory, no random initialisation of 115 M
     parameters that would be overwritten at once) and the checkpoint's tensors are assigned in;
@@ -146,23 +176,8 @@ def load_model(config: dict[str, Any], state: dict[str, torch.Tensor]) -> MerlMo
     """
     with torch.device("meta"):
         model = MerlModel(config)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise ContractError(f"the checkpoint does not match the MERL {config['ecg_model']} "
-                            f"module tree: {exc}") from exc
-    for name, buf in list(model.named_buffers()):
-        if not buf.is_meta:
-            continue
-        owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "position_ids":
-            value = torch.arange(buf.shape[-1]).expand(buf.shape)
-        elif leaf == "token_type_ids":
-            value = torch.zeros(buf.shape, dtype=torch.long)
-        else:
-            raise ContractError(f"buffer {name} is neither in the checkpoint nor rebuildable")
-        owner.register_buffer(leaf, value.clone(), persistent=False)
+    strict_load(model, state, what=f"MERL {config['ecg_model']}")
+    materialize_meta_buffers(model, _rebuild_buffer)
     # floating tensors of a float16 file become float32, the dtype the model computes in
     return model.float()
 
@@ -173,69 +188,89 @@ class MerlEngine:
     domains: ClassVar[tuple[str, ...]] = ("ecg",)
 
     def __init__(self, spec: ModelSpec) -> None:
+        """Check the spec and its config; nothing is read or built until ``load()``."""
         if spec.family != FAMILY:
             raise ContractError(f"spec is for {spec.family!r}, not {FAMILY!r}")
         self.spec = spec
+        self.device = resolve_device(getattr(spec, "device", None) or "cpu")
+        # float32 on every device for now: the thresholds are chosen on float32 scores
+        self.dtype = torch.float32
         self.load_notes: list[str] = []
+        self.weights: Path | None = None
         if spec.variant == "reference":
             self.config = _merge(REFERENCE_CONFIG, spec.config)
-            torch.manual_seed(int(self.config.get("seed", 0)))
-            self.model = MerlModel(self.config)
             self.trained = False
-            self.weights_sha256: str | None = None
-            tok_dir = self.config.get("tokenizer_dir") or bundled_tokenizer_dir()
+            self.tokenizer_dir = Path(self.config.get("tokenizer_dir") or bundled_tokenizer_dir())
         elif spec.variant == "checkpoint":
             self.config = _merge(CHECKPOINT_CONFIG, spec.config)
-            weights = Path(str(spec.weights_path))
-            if not weights.is_file():
-                raise ContractError(f"MERL weights not found: {weights}")
-            digest = sha256_file(weights)
-            if spec.sha256 and digest.lower() != spec.sha256.lower():
-                raise ContractError(f"sha256 of {weights.name} is {digest}, the spec expects "
-                                    f"{spec.sha256}: refusing to load")
-            tok = self.config.get("tokenizer_dir")
-            if not tok:
-                raise ContractError("a MERL checkpoint spec needs config['tokenizer_dir'] (the "
-                                    "MedCPT-Query-Encoder tokenizer files)")
-            tok_dir = Path(tok) if Path(tok).is_absolute() else weights.parent / tok
-            state, self.load_notes = load_state(weights)
-            self.model = load_model(self.config, state)
+            self.weights = Path(str(spec.weights_path))
+            if not self.weights.exists():
+                raise ContractError(f"MERL weights not found: {self.weights}")
+            self.tokenizer_dir = _checkpoint_tokenizer_dir(self.config, describe(self.weights))
             self.trained = True
-            self.weights_sha256 = digest
         else:
             raise ContractError("MERL has a 'reference' and a 'checkpoint' variant, not "
                                 f"{spec.variant!r}")
-        self.model.eval()
-        self.tokenizer = _load_tokenizer(Path(tok_dir))
+        # the registered digest (of the file, or of the folder's manifest), verified by the
+        # platform before this engine was built
+        self.weights_sha256: str | None = spec.sha256 if self.trained else None
         self.prompts = load_prompts(self.config.get("prompts_path"))
         self.classes = list(self.prompts)
         unknown = sorted(set(self.config.get("thresholds", {})) - set(self.classes))
         if unknown:
             raise ContractError(f"thresholds given for unknown MERL classes {unknown}")
+        self.model: MerlModel | None = None
+        self.tokenizer: Any = None
         self._class_emb: torch.Tensor | None = None
+
+    def load(self) -> None:
+        """Build the model (random from the seed, or the checkpoint's weights), move it to the
+        engine's device and load the tokenizer. Calling it again does nothing."""
+        if self.model is not None:
+            return
+        if self.weights is None:
+            torch.manual_seed(int(self.config.get("seed", 0)))
+            model = MerlModel(self.config)
+        else:
+            state, self.load_notes = load_state(self.weights)
+            model = load_model(self.config, state)
+        self.tokenizer = _load_tokenizer(self.tokenizer_dir)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self._class_emb = None
+
+    def _loaded(self) -> MerlModel:
+        self.load()
+        assert self.model is not None
+        return self.model
 
     # -- embeddings --------------------------------------------------------------------------
     def class_embeddings(self) -> torch.Tensor:
         """(C, d) L2-normalised prompt embeddings, computed once."""
+        model = self._loaded()
         if self._class_emb is None:
             texts = [self.prompts[c]["prompt"].lower() for c in self.classes]
             enc = self.tokenizer(texts, add_special_tokens=True, truncation=True,
                                  max_length=int(self.config["max_length"]),
                                  padding="max_length", return_tensors="pt")
-            emb = self.model.text_embedding(enc["input_ids"], enc["attention_mask"])
+            emb = model.text_embedding(enc["input_ids"].to(self.device),
+                                       enc["attention_mask"].to(self.device))
             self._class_emb = torch.nn.functional.normalize(emb, dim=-1)
         return self._class_emb
 
     def scores(self, ecg: np.ndarray) -> np.ndarray:
         """Cosine similarity of each ECG (B, 12, 5000) with each class prompt: (B, C)."""
+        model = self._loaded()
         x = torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32))
         if x.ndim == 2:
             x = x[None]
+        x = x.to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
-            return (self.model.ecg_embedding(x) @ self.class_embeddings().T).numpy()
+            sims = model.ecg_embedding(x) @ self.class_embeddings().T
+        return sims.float().cpu().numpy()
 
     # -- engine ------------------------------------------------------------------------------
     def run(self, study: StudyInput) -> EngineResult:
+        self.load()
         path = first_ecg_path(study)
         record = read_ecg(path)
         x = preprocess(record, int(self.config["seq_len"]))
@@ -264,6 +299,20 @@ class MerlEngine:
         return EngineResult(
             model=ModelInfo(FAMILY, self.spec.version, self.weights_sha256),
             trained=self.trained, findings=findings, warnings=warnings, raw=raw)
+
+
+def _checkpoint_tokenizer_dir(config: dict[str, Any], layout: CheckpointLayout) -> Path:
+    """``config["tokenizer_dir"]`` (a relative one is taken from the checkpoint's folder), or a
+    checkpoint folder that holds the tokenizer files itself."""
+    folder = layout.root if layout.kind == "folder" else layout.root.parent
+    tok = config.get("tokenizer_dir")
+    if tok:
+        return Path(tok) if Path(tok).is_absolute() else folder / tok
+    if layout.tokenizer_files:
+        return folder
+    raise ContractError("a MERL checkpoint spec needs config['tokenizer_dir'] (the "
+                        "MedCPT-Query-Encoder tokenizer files) unless the checkpoint is a "
+                        "folder holding them")
 
 
 def _load_tokenizer(path: Path) -> Any:

@@ -41,7 +41,7 @@ def test_pydicom_waveform_gives_12_leads_measurements_and_grounded_findings(resu
     assert result.findings
     for f in result.findings:  # EngineResult already refuses unknown evidence ids
         assert set(f.evidence) <= ids and f.knowledge and f.criteria
-    assert "technique" in result.text and "12-lead ECG" in result.text["technique"]
+    assert "12-lead ECG" in result.raw["summary"]["technique"]
 
 
 def test_wfdb_record_is_read_from_its_header_and_extra_leads_reported(tmp_path):

@@ -34,7 +34,7 @@ def run(sex: str | None = None, age: float | None = None,
     for f in out.findings:
         assert set(f.knowledge) <= KNOWLEDGE_IDS, f.knowledge
         assert f.criteria and f.knowledge
-        assert f.evidence or f.code == "ecg-signal-quality", f.code
+        assert f.evidence or f.code.value == "ecg-signal-quality", f.code
     return a, out
 
 
@@ -45,7 +45,7 @@ def present(out: Interpretation) -> set[str]:
 def test_normal_ecg():
     _, out = run(heart_rate=72, pr_ms=160, qrs_ms=90, qt_ms=390)
     assert present(out) == {"ecg-sinus-rhythm", "ecg-normal-axis", "ecg-normal-ecg"}
-    normal = next(f for f in out.findings if f.code == "ecg-normal-ecg")
+    normal = next(f for f in out.findings if f.code.value == "ecg-normal-ecg")
     assert {"m:heart_rate", "m:pr_interval", "m:qrs_duration", "m:qtc_bazett"} <= set(
         normal.evidence)
 
@@ -54,7 +54,7 @@ def test_first_degree_av_block():
     _, out = run(heart_rate=70, pr_ms=240)
     assert {"ecg-sinus-rhythm", "ecg-first-degree-av-block"} <= present(out)
     assert "ecg-normal-ecg" not in present(out)
-    avb = next(f for f in out.findings if f.code == "ecg-first-degree-av-block")
+    avb = next(f for f in out.findings if f.code.value == "ecg-first-degree-av-block")
     assert avb.evidence == ("m:pr_interval",) and "> 200 ms" in avb.criteria
 
 
@@ -70,7 +70,7 @@ def test_lbbb_like_wide_qrs():
     assert "ecg-lbbb" in present(out)
     assert not present(out) & {"ecg-rbbb", "ecg-ivcd", "ecg-normal-ecg"}
     # QT is inflated by the wide QRS: a prolonged QTc is only "uncertain"
-    qt = [f for f in out.findings if f.code == "ecg-prolonged-qt"]
+    qt = [f for f in out.findings if f.code.value == "ecg-prolonged-qt"]
     assert all(f.state == "uncertain" for f in qt)
 
 
@@ -94,9 +94,9 @@ def test_regular_rhythm_with_p_waves_is_not_af():
 
 def test_premature_ventricular_and_atrial_complexes():
     a, out = run(heart_rate=70, premature={5: "pvc", 9: "pac"})
-    pvc = next(f for f in out.findings if f.code == "ecg-premature-ventricular-complex")
+    pvc = next(f for f in out.findings if f.code.value == "ecg-premature-ventricular-complex")
     assert pvc.where.beats == (5,) and pvc.evidence == ("m:pvc_count",)
-    pac = next(f for f in out.findings if f.code == "ecg-premature-atrial-complex")
+    pac = next(f for f in out.findings if f.code.value == "ecg-premature-atrial-complex")
     assert pac.where.beats == (9,)
     assert "ecg-normal-ecg" not in present(out)
     assert a.beats[5].kind == "V" and a.beats[9].kind == "A"
@@ -105,9 +105,9 @@ def test_premature_ventricular_and_atrial_complexes():
 
 def test_inferior_st_elevation():
     _, out = run(heart_rate=70, st_shift_mv={"II": 0.25, "III": 0.25, "aVF": 0.25})
-    ste = next(f for f in out.findings if f.code == "ecg-st-elevation-inferior")
+    ste = next(f for f in out.findings if f.code.value == "ecg-st-elevation-inferior")
     assert ste.state == "present" and "m:st_j:II" in ste.evidence
-    assert not any(f.code == "ecg-st-elevation-anterior" for f in out.findings)
+    assert not any(f.code.value == "ecg-st-elevation-anterior" for f in out.findings)
 
 
 def test_v2_v3_threshold_depends_on_sex():
@@ -117,7 +117,7 @@ def test_v2_v3_threshold_depends_on_sex():
     _, unknown = run(heart_rate=70, st_shift_mv=shift)
 
     def state(out: Interpretation) -> str | None:
-        return next((f.state for f in out.findings if f.code == "ecg-st-elevation-anterior"),
+        return next((f.state for f in out.findings if f.code.value == "ecg-st-elevation-anterior"),
                     None)
 
     # 0.17 mV: over 0.15 (women), under 0.2 (men >= 40); V3-V4 needs 0.1 in V4 only
@@ -141,17 +141,18 @@ def test_prolonged_qt_by_sex():
     assert 450 <= a.values["qtc_bazett"] < 460
     assert "ecg-prolonged-qt" in present(men)
     _, women = run(sex="F", heart_rate=60, qt_ms=455)
-    assert not any(f.code == "ecg-prolonged-qt" for f in women.findings)
+    assert not any(f.code.value == "ecg-prolonged-qt" for f in women.findings)
     _, unknown = run(heart_rate=60, qt_ms=455)
-    assert [f.state for f in unknown.findings if f.code == "ecg-prolonged-qt"] == ["uncertain"]
+    states = [f.state for f in unknown.findings if f.code.value == "ecg-prolonged-qt"]
+    assert states == ["uncertain"]
 
 
 def test_low_voltage_and_lvh():
     _, out = run(heart_rate=70, qrs_scale=0.3)
-    low = [f for f in out.findings if f.code == "ecg-low-voltage"]
+    low = [f for f in out.findings if f.code.value == "ecg-low-voltage"]
     assert [f.label for f in low] == ["Low QRS voltage in the limb leads"]
     _, out = run(heart_rate=70, precordial_scale=2.2)
-    lvh = next(f for f in out.findings if f.code == "ecg-lvh-voltage")
+    lvh = next(f for f in out.findings if f.code.value == "ecg-lvh-voltage")
     assert lvh.state == "present" and "m:sokolow_lyon" in lvh.evidence
 
 
@@ -161,7 +162,7 @@ def test_noisy_lead_is_reported_and_blocks_normal():
     ecg.signals_mv[7] += rng.normal(0, 0.4, ecg.signals_mv.shape[1])  # V2 buried in noise
     a = measure.analyse(EcgRecord(ecg.signals_mv, ecg.fs, list(ecg.leads), "synthetic"))
     out = interpret(a)
-    quality = next(f for f in out.findings if f.code == "ecg-signal-quality")
+    quality = next(f for f in out.findings if f.code.value == "ecg-signal-quality")
     assert quality.evidence == ("m:signal_quality:V2",)
     assert "ecg-normal-ecg" not in present(out)
     assert any("V2" in w for w in a.warnings)

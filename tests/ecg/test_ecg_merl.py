@@ -1,5 +1,7 @@
-"""MERL: the module tree loads a full-size state dict strictly, the reference variant runs end to
-end and is marked untrained, and a checksum mismatch is refused."""
+"""MERL: the module tree loads a full-size state dict strictly, a hub-style folder checkpoint
+loads and gives the scores of the model it was saved from, the reference variant runs end to end
+and is marked untrained, and the declared tree (``models inspect``) has the released names and
+shapes. (Checksums are the platform's: see tests/runtime/test_manifest.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ from models.ecg.merl import (
     load_state,
 )
 from models.ecg.merl_net import MerlModel
+from models.ecg.merl_tree import MERL_TREE, build_merl_tree
 from models.ecg.signal import read_ecg
+from models.runtime.checkpoint import describe, load_state_dict, save_sharded
+from models.runtime.strict import StrictLoadError, materialize_meta_buffers, strict_load
+from models.runtime.tree import build_tree, describe_tree, register_tree
 
 ECG = Path(get_testdata_file("waveform_ecg.dcm"))
 
@@ -93,6 +99,8 @@ def test_checkpoint_loads_strict_and_is_trained(full_checkpoint):
                                             "thresholds": {"AFIB": -1.0}})
     engine = build(spec)
     assert engine.trained is True and engine.weights_sha256 == digest
+    assert engine.model is None  # building checks the spec; the weights are read by load()
+    engine.load()
     assert any("position_ids" in n for n in engine.load_notes)
     assert torch.equal(engine.model.state_dict()["ecg_encoder.block3.attn.fn.to_qkv.weight"],
                        probe)
@@ -110,17 +118,12 @@ def test_checkpoint_with_a_foreign_key_is_refused(tmp_path):
     torch.save({"model_state_dict": state}, bad)
     spec = ModelSpec("merl", "x", variant="checkpoint", weights_path=str(bad),
                      config={**small, "tokenizer_dir": str(bundled_tokenizer_dir())})
-    with pytest.raises(ContractError, match="does not match"):
-        build(spec)
-
-
-def test_sha256_mismatch_is_refused(tmp_path):
-    weights = tmp_path / "w.pth"
-    torch.save({"x": torch.zeros(1)}, weights)
-    spec = ModelSpec("merl", "x", variant="checkpoint", weights_path=str(weights),
-                     sha256="0" * 64, config={"tokenizer_dir": str(bundled_tokenizer_dir())})
-    with pytest.raises(ContractError, match="sha256"):
-        build(spec)
+    engine = build(spec)
+    with pytest.raises(ContractError, match="does not match") as err:
+        engine.load()
+    assert isinstance(err.value, StrictLoadError)
+    assert err.value.unexpected == ["extra_head.weight"] and not err.value.missing
+    assert "0 missing, 1 unexpected, 0 mis-shaped" in str(err.value)
 
 
 def test_checkpoint_needs_a_tokenizer(tmp_path):
@@ -146,7 +149,7 @@ def test_reference_runs_end_to_end_and_is_untrained():
     assert set(res.raw["scores"]) == set(engine.classes)
     assert all(-1.0 <= s <= 1.0 for s in res.raw["scores"].values())
     assert res.raw["preprocessing"] == list(merl_preprocess.STEPS)
-    assert [f.code for f in res.findings] == ["merl:NORM"]
+    assert [f.code.value for f in res.findings] == ["merl:NORM"]
     assert res.findings[0].knowledge == ("ecg-normal-ecg",)
     assert any("random weights" in w for w in res.warnings)
     # same seed, same scores
@@ -182,3 +185,88 @@ def test_patch_embedding_equals_the_strided_convolution():
     with torch.no_grad():
         conv = vit.to_patch_embedding(x).transpose(1, 2)
         assert torch.allclose(vit.patches(x), conv, atol=1e-5)
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def test_folder_checkpoint_gives_the_scores_of_the_model_it_was_saved_from(tmp_path):
+    ref = build(ModelSpec("merl", "reference-0", variant="reference"))
+    ref.load()
+    expected = ref.run(StudyInput("ecg", [ECG])).raw["scores"]
+    # the same weights as a hub folder: safetensors shards, index, config and tokenizer files
+    folder = tmp_path / "merl-small"
+    small = {k: v for k, v in REFERENCE_CONFIG.items() if k not in ("seed", "thresholds")}
+    shards = save_sharded(ref.model.state_dict(), folder, max_shard_bytes=2 << 20, config=small)
+    assert len(shards) > 1
+    for name in TOKENIZER_FILES:
+        (folder / name).write_bytes((bundled_tokenizer_dir() / name).read_bytes())
+    assert describe(folder).tokenizer_files
+    engine = build(ModelSpec("merl", "small-1", variant="checkpoint", weights_path=str(folder),
+                             sha256="f" * 64, config=small))
+    res = engine.run(StudyInput("ecg", [ECG]))  # run() loads by itself
+    assert res.trained is True and res.model.sha256 == "f" * 64
+    assert res.raw["scores"].keys() == expected.keys()
+    assert np.allclose(list(res.raw["scores"].values()), list(expected.values()), atol=1e-4)
+
+
+def test_folder_without_tokenizer_needs_tokenizer_dir(tmp_path):
+    save_sharded({"x": torch.zeros(1)}, tmp_path, max_shard_bytes=1 << 20)
+    with pytest.raises(ContractError, match="tokenizer_dir"):
+        build(ModelSpec("merl", "x", variant="checkpoint", weights_path=str(tmp_path)))
+
+
+# -- the declared module tree (medgate models inspect) ----------------------------------------
+@pytest.fixture
+def merl_tree():
+    # models.ecg registers it on import; registering again is harmless
+    register_tree(MERL_TREE)
+
+
+def test_tree_is_the_released_vit_tiny_tree(merl_tree, full_checkpoint):
+    desc = describe_tree("merl")
+    assert (desc["variant"], desc["config"]) == ("checkpoint", "vit_tiny")
+    # every key of the released state dict but the constant an older transformers saved
+    released = load_state_dict(full_checkpoint[0])
+    assert len(desc["keys"]) == 367
+    assert set(desc["keys"]) == set(released) - {"lm_model.embeddings.position_ids"}
+    for name, shape in RELEASED_SHAPES.items():
+        assert tuple(desc["keys"][name]) == shape, name
+    assert desc["parameters"] == 115_432_576
+
+
+def test_tree_of_the_resnet_encoder(merl_tree):
+    keys = describe_tree("merl", "checkpoint", "resnet18")["keys"]
+    for name, shape in RELEASED_RESNET_SHAPES.items():
+        assert tuple(keys[name]) == shape, name
+    assert not any(k.startswith("proj_e") for k in keys)
+
+
+def test_tree_refuses_unknown_configs(merl_tree):
+    with pytest.raises(ContractError, match="vit_tiny"):
+        describe_tree("merl", "checkpoint", "vit_huge")
+
+
+@pytest.mark.parametrize("config", ["vit_tiny", "resnet18"])
+def test_reference_tree_round_trips_through_safetensors(merl_tree, tmp_path, config):
+    from safetensors.torch import save_file
+
+    from models.ecg.merl import _rebuild_buffer
+
+    torch.manual_seed(0)
+    fresh = build_merl_tree("reference", config)  # real tensors, random values
+    save_file(fresh.state_dict(), tmp_path / "model.safetensors")
+    state = load_state_dict(tmp_path)
+    tree, _ = build_tree("merl", "reference", config)
+    strict_load(tree, state, what=f"merl {config}")
+    materialize_meta_buffers(tree, _rebuild_buffer)
+    assert not any(t.is_meta for t in [*tree.parameters(), *tree.buffers()])
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(tree.state_dict()[k], v), k
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_cuda_spec_is_refused_on_a_machine_without_one():
+    with pytest.raises(ContractError, match="no CUDA device"):
+        build(ModelSpec("merl", "reference-0", variant="reference", device="cuda"))

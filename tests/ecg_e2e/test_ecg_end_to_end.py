@@ -75,7 +75,7 @@ def test_dicom_ecg_and_uploaded_wfdb_become_grounded_drafts(ecg_env, worker_fact
     complete_now()
     report = _draft(api, keys, uid, worker)
     _assert_grounded(report)
-    codes = {f["code"] for f in report["findings"]}
+    codes = {f["code"]["value"] for f in report["findings"]}
     assert "ecg-sinus-rhythm" in codes
 
     wfdb = shared_data / "ecg" / "wfdb"
@@ -101,7 +101,7 @@ def test_dicom_ecg_and_uploaded_wfdb_become_grounded_drafts(ecg_env, worker_fact
     assert out.returncode == 0, out.stderr
     offline = json.loads(out.stdout)[0]
     measured = [r for r in offline["results"] if r["model"]["family"] == "ecg-measure"][0]
-    assert {f["code"] for f in measured["findings"]} == codes
+    assert {f["code"]["value"] for f in measured["findings"]} == codes
     assert offline["draft"]["sections"]["impression"] == report["sentences"]["impression"]
 
 

@@ -11,8 +11,7 @@ from tests.pipeline.conftest import ECG, complete_now, job_states, store
 
 def test_register_activate_and_resolve(medgate, monkeypatch, tmp_path):
     from app.db.session import session_scope
-    from app.pipeline.runner import resolve_spec
-    from app.registry.versions import RegistryError, activate, register
+    from app.registry.versions import RegistryError, activate, register, resolve_spec
 
     models = tmp_path / "weights"
     models.mkdir()
@@ -29,7 +28,7 @@ def test_register_activate_and_resolve(medgate, monkeypatch, tmp_path):
         assert len(v1.sha256) == 64
         with pytest.raises(RegistryError, match="unknown model family"):
             register(s, "no-such-family", "1")
-        with pytest.raises(RegistryError, match="does not exist"):
+        with pytest.raises(RegistryError, match="do not exist"):
             register(s, "merl", "3", weights_path="missing.pth")
         with pytest.raises(RegistryError, match="already registered"):
             register(s, "merl", "1", weights_path="merl_v1.pth")
@@ -47,10 +46,13 @@ def test_register_activate_and_resolve(medgate, monkeypatch, tmp_path):
         activate(s, "merl", "1")
 
 
-def test_changed_weights_fail_the_job_with_a_reason(medgate, monkeypatch, tmp_path):
+def test_changed_weights_are_refused_by_name(medgate, monkeypatch, tmp_path):
+    """MERL is optional in the default ECG rules: weights changed on disk skip it with a
+    warning naming the file; with a rule that requires it, the job fails with that reason."""
     from app.config import reset_settings
-    from app.db.models import Job
+    from app.db.models import Job, ReportVersion
     from app.db.session import session_factory, session_scope
+    from app.pipeline import routes_store
     from app.pipeline.runner import execute
     from app.registry.versions import activate, register
 
@@ -60,13 +62,28 @@ def test_changed_weights_fail_the_job_with_a_reason(medgate, monkeypatch, tmp_pa
     with session_scope() as s:
         register(s, "merl", "9", weights_path="merl.pth", config={})
         activate(s, "merl", "9")
-    (tmp_path / "merl.pth").write_bytes(b"weights swapped on disk")
+    (tmp_path / "merl.pth").write_bytes(b"WEIGHTS AS REGISTERED")  # same size, other bytes
     uid = store(ECG)
     complete_now()
     with session_factory()() as s:
         job_id = s.scalar(select(Job.id))
-    assert execute(job_id) == "failed"
-    assert job_states(uid) == ["failed"]
+    assert execute(job_id) == "done"
     with session_factory()() as s:
-        error = s.get(Job, job_id).error
-    assert "merl@9" in error and "sha256" in error.lower()
+        draft = s.scalar(select(ReportVersion.content))["draft"]
+    (warning,) = [w for w in draft["warnings"] if "merl" in w]
+    assert warning.startswith("optional engine merl@9 was skipped: weights file merl.pth "
+                              "changed since registration: sha256")
+
+    with session_scope() as s:
+        routes_store.replace(s, [{"name": "ecg-strict", "domain": "ecg", "modality": ["ECG"],
+                                  "pipeline": ["technical", "ecg-measure", "merl"]}])
+    from app.pipeline.grouping import reanalyze_study
+
+    how, (second,) = reanalyze_study(session_factory(), uid, actor="test")
+    assert how == "reanalysed"
+    assert execute(second) == "failed"
+    assert job_states(uid) == ["done", "failed"]
+    with session_factory()() as s:
+        error = s.get(Job, second).error
+    assert error.startswith("engine merl@9 failed: weights file merl.pth changed since "
+                            "registration")

@@ -7,15 +7,18 @@ import json
 import pytest
 from pydicom.data import get_testdata_file
 
-from app.pipeline.composer import SECTIONS, Draft, DraftError, Evidence, Sentence, compose
+from app.reports.composer import SECTIONS, Draft, DraftError, Evidence, Sentence, compose
 from models.base import (
     EngineResult,
     Finding,
+    GeneratedSentence,
     Measurement,
     ModelInfo,
     ModelSpec,
     Region,
+    Statement,
     StudyInput,
+    TextSection,
     Where,
     build,
 )
@@ -43,7 +46,9 @@ def untrained_merl() -> EngineResult:
     return EngineResult(
         model=ModelInfo("merl", "reference"), trained=False,
         findings=[Finding("AFIB", "Atrial fibrillation", score=0.97)],
-        text={"impression": "Atrial fibrillation."}, warnings=["random weights"])
+        text=[TextSection("impression", (GeneratedSentence(
+            "Atrial fibrillation.", (Statement("AFIB"),)),))],
+        warnings=["random weights"])
 
 
 def all_sentences(draft: Draft) -> list[Sentence]:
@@ -85,7 +90,7 @@ def test_finding_sentence_resolves_measurements_regions_and_knowledge_title():
     result = EngineResult(
         model=ModelInfo("cxr-model", "2.0"), trained=True,
         measurements=[Measurement("ctr", 0.58, "1")],
-        regions=[Region("r:heart", box=(40, 60, 120, 90), label="heart")],
+        regions=[Region("r:heart", box=(40, 60, 120, 90), label="heart", instance_uid="1.2.3")],
         findings=[Finding("cardiomegaly", "Cardiomegaly", score=0.9,
                           evidence=("m:ctr", "r:heart"),
                           knowledge=("cxr-cardiomegaly", "cxr-missing"))])

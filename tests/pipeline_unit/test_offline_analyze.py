@@ -9,8 +9,8 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 
 from app.pipeline.analyze import analyze_paths, expand_paths
-from app.pipeline.composer import Draft
 from app.pipeline.routing import RouteRule
+from app.reports.composer import Draft
 from models.base import ModelSpec
 from tests.conftest import shared_file
 
@@ -91,7 +91,8 @@ def test_missing_engine_family_is_a_warning_and_other_engines_still_run():
                        pipeline=["technical", "no-such-family"])]
     (result,) = analyze_paths([get_testdata_file("CT_small.dcm")], rules=rules)
     assert result.status == "analyzed"
-    assert any("'no-such-family' is not available" in w for w in result.warnings)
+    assert any("engine no-such-family@reference is not available" in w
+               for w in result.warnings)
     assert technical(result)["trained"] is True
 
 

@@ -101,7 +101,28 @@ def test_invalid_rules_are_refused(fields, message):
 def test_rules_round_trip_through_their_json_form():
     again = rules_from_dicts([r.to_dict() for r in DEFAULT_RULES])
     assert again == list(DEFAULT_RULES)
-    assert DEFAULT_RULES[0].to_dict()["pipeline"] == ["technical", "ecg-measure", "merl"]
+    assert DEFAULT_RULES[0].to_dict()["pipeline"] == [
+        "technical", "ecg-measure", {"family": "merl", "required": False}]
+    assert DEFAULT_RULES[0].steps() == [("technical", True), ("ecg-measure", True),
+                                        ("merl", False)]
+
+
+def test_pipeline_steps_are_required_unless_marked_optional():
+    rule = RouteRule(name="r", domain="ct", modality=["CT"],
+                     pipeline=["technical", {"family": "extra", "required": False}])
+    assert rule.optional == ("extra",) and rule.steps() == [("technical", True),
+                                                             ("extra", False)]
+    assert RouteRule(name="r", domain="ct", modality=["CT"], pipeline=["technical", "extra"],
+                     optional=["extra"]) == rule
+    with pytest.raises(RuleError, match="does not run"):
+        RouteRule(name="r", domain="ct", modality=["CT"], pipeline=["technical"],
+                  optional=["extra"])
+    with pytest.raises(RuleError, match="'required' of pipeline step"):
+        RouteRule(name="r", domain="ct", modality=["CT"],
+                  pipeline=[{"family": "technical", "required": "no"}])
+    with pytest.raises(RuleError, match="unknown field"):
+        RouteRule(name="r", domain="ct", modality=["CT"],
+                  pipeline=[{"family": "technical", "optional": True}])
 
 
 def test_stored_rule_with_unknown_field_or_duplicate_name_is_refused():

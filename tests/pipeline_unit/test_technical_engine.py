@@ -60,7 +60,7 @@ def test_three_contiguous_ct_slices_are_one_millimetre_apart():
     assert value(result, "m:rows") == 512 and value(result, "m:columns") == 512
     assert value(result, "m:scan_extent") == pytest.approx(2.0, abs=1e-3)
     assert result.warnings == []
-    assert "slices are 1 mm apart" in result.text["technique"]
+    assert "slices are 1 mm apart" in result.raw["summary"]["technique"]
     assert all(f["measurements"] or f["acquisition"] for f in result.raw["facts"])
 
 
@@ -90,7 +90,7 @@ def test_dx_without_a_view_reports_matrix_spacing_and_warns():
     assert value(result, "m:rows") == 169 and value(result, "m:columns") == 211
     assert value(result, "m:pixel_spacing_row") == pytest.approx(1.2)
     assert any("no ViewPosition" in w for w in result.warnings)
-    assert "Body part examined: THORAX." in result.text["technique"]
+    assert "Body part examined: THORAX." in result.raw["summary"]["technique"]
 
 
 def test_whole_slide_image_size_and_resolution():
@@ -100,7 +100,7 @@ def test_whole_slide_image_size_and_resolution():
     assert value(result, "m:microns_per_pixel") == pytest.approx(0.499, rel=1e-3)
     assert value(result, "m:frame_count") == 25
     assert value(result, "m:optical_path_count") == 1
-    assert "Brightfield illumination" in result.text["technique"]
+    assert "Brightfield illumination" in result.raw["summary"]["technique"]
 
 
 def test_ct_small_single_slice_has_no_spacing():
@@ -168,7 +168,7 @@ def test_wfdb_record_reports_leads_rate_and_duration():
     assert value(result, "m:ecg_lead_count") == 2
     assert value(result, "m:sampling_frequency") == 360
     assert value(result, "m:ecg_duration") == pytest.approx(650000 / 360)
-    assert "MLII, V5" in result.text["technique"]
+    assert "MLII, V5" in result.raw["summary"]["technique"]
     assert result.warnings == []
 
 
