@@ -21,7 +21,8 @@ app.add_typer(keys_app, name="keys")
 kb_app = typer.Typer(help="Knowledge base: check and build the retrieval indexes.",
                      no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
-models_app = typer.Typer(help="Model versions: register, activate, list.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions: register, activate, list; inspect a family's "
+                         "module tree.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
@@ -274,22 +275,25 @@ def models_list() -> None:
     from app.db.session import session_scope
     from app.registry.versions import list_versions
 
-    table = Table("family", "version", "variant", "status", "weights", "sha256")
+    table = Table("family", "version", "variant", "status", "weights", "files", "sha256")
     with session_scope() as session:
         for v in list_versions(session):
+            files = len((v.manifest or {}).get("files") or []) or (1 if v.sha256 else 0)
             table.add_row(v.family, v.version, v.variant, v.status, v.weights_path or "",
-                          (v.sha256 or "")[:16])
+                          str(files), (v.sha256 or "")[:16])
     Console().print(table)
 
 
 @models_app.command("register")
 def models_register(family: str, version: str,
-                    weights: Annotated[str, typer.Option(help="relative to MEDGATE_MODEL_DIR")]
-                    = "",
+                    weights: Annotated[str, typer.Option(
+                        help="a weights file or a hub-layout folder, relative to "
+                             "MEDGATE_MODEL_DIR")] = "",
                     variant: Annotated[str, typer.Option()] = "checkpoint",
                     config: Annotated[str, typer.Option(help="JSON configuration")] = "{}"
                     ) -> None:
-    """Register a version; its weights' sha256 is recorded and checked before every load."""
+    """Register a version. The manifest of its weights (size and sha256 of every file) is
+    recorded and verified before any worker loads them."""
     import json
 
     from app.db.session import session_scope
@@ -299,11 +303,44 @@ def models_register(family: str, version: str,
         with session_scope() as session:
             row = register(session, family, version, variant, weights or None,
                            json.loads(config))
-            sha = row.sha256
+            sha, files = row.sha256, len((row.manifest or {}).get("files") or [])
     except (RegistryError, json.JSONDecodeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"registered {family} {version} (sha256 {sha})")
+    console.print(f"registered {family} {version} ({files} weights file(s), sha256 {sha})")
+
+
+@models_app.command("inspect")
+def models_inspect(family: str,
+                   variant: Annotated[str, typer.Option(help="checkpoint or reference")]
+                   = "checkpoint",
+                   config: Annotated[str | None, typer.Option(
+                       help="a named size where the family publishes several")] = None,
+                   as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False
+                   ) -> None:
+    """Build FAMILY's module tree on PyTorch's meta device (no memory for weights) and print
+    every state-dict key with its shape: what a checkpoint must hold to load strictly."""
+    import json
+
+    from app.pipeline.families import load_plugins
+    from models.base import ContractError
+    from models.runtime.tree import describe_tree
+
+    load_plugins()
+    try:
+        tree = describe_tree(family, variant, config)
+    except ContractError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(tree))
+        return
+    table = Table("key", "shape")
+    for key, shape in tree["keys"].items():
+        table.add_row(key, " x ".join(str(n) for n in shape) or "scalar")
+    Console().print(table)
+    typer.echo(f"{tree['family']} {tree['variant']} {tree['config']}: {len(tree['keys'])} keys, "
+               f"{tree['parameters']:,} parameters")
 
 
 @models_app.command("activate")

@@ -28,6 +28,11 @@ class ContractError(ValueError):
     """An engine input or result that breaks the contract."""
 
 
+class InputError(ContractError):
+    """A study an engine cannot analyse: the wrong kind of object, too few leads, unreadable
+    pixels. Families raise subclasses of it; the message says what is wrong with the input."""
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ContractError(message)

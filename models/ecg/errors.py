@@ -1,13 +1,15 @@
 """Errors raised for ECG input that cannot be analysed.
 
-All derive from ``ValueError`` (through ``EcgInputError``) so callers that only know the model
-contract can still catch "bad input" in one place.
+All derive from the contract's ``InputError`` (a ``ValueError``) through ``EcgInputError``, so
+callers that only know the model contract can still catch "bad input" in one place.
 """
 
 from __future__ import annotations
 
+from models.base import InputError
 
-class EcgInputError(ValueError):
+
+class EcgInputError(InputError):
     """An ECG file or signal that cannot be read or analysed."""
 
 

@@ -27,8 +27,8 @@ STEPS = ("standard_12_leads", "resample_500hz", "pad_or_truncate", "minmax_0_1",
 def standard_12_leads(record: EcgRecord) -> np.ndarray:
     missing = [lead for lead in STANDARD_LEADS if lead not in record.leads]
     if missing:
-        raise EcgInputError(f"MERL needs the 12 standard leads; {record.source} lacks "
-                            f"{', '.join(missing)}")
+        raise EcgInputError(f"MERL needs the 12 standard leads; the record has "
+                            f"{', '.join(record.leads)} and lacks {', '.join(missing)}")
     return np.vstack([record.lead(lead) for lead in STANDARD_LEADS])
 
 
