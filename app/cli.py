@@ -181,8 +181,12 @@ def analyze(paths: Annotated[list[str], typer.Argument(help="DICOM files, folder
         for w in r.warnings:
             typer.echo(f"warning: {w}")
         if r.draft:
+            draft = Draft.from_dict(r.draft)
             typer.echo("")
-            typer.echo(Draft.from_dict(r.draft).text())
+            typer.echo(draft.text())
+            for u in draft.unverified:
+                typer.echo(f"model text, not verified ({u['model']}): {u['text']}  "
+                           f"[{'; '.join(u['reasons'])}]")
 
 
 @app.command()

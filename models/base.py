@@ -48,6 +48,9 @@ _SCHEME_ALIASES = {"SNOMED": "SCT", "SNOMEDCT": "SCT", "SNOMED-CT": "SCT", "SCT"
 # A UCUM unit expression (case-sensitive symbols, no spaces): "ms", "/min", "mV.ms", "[hnsf'U]",
 # "mm2", "{ratio}", "1". Words such as "beats per minute" are refused.
 _UCUM = re.compile(r"^[A-Za-z0-9.\/\[\]{}%'*^_\-+()]+$")
+# Abbreviations that look like units but are not UCUM, with the UCUM code meant.
+_NOT_UCUM = {"bpm": "/min", "sec": "s", "secs": "s", "msec": "ms", "degree": "deg",
+             "degrees": "deg", "cc": "mL", "hu": "[hnsf'U]", "mmhg": "mm[Hg]"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ class Measurement:
         _require(bool(self.unit), f"measurement {self.name!r} needs a unit")
         _require(bool(_UCUM.match(self.unit)),
                  f"measurement {self.name!r}: unit {self.unit!r} is not a UCUM expression")
+        ucum = _NOT_UCUM.get(self.unit.lower())
+        _require(ucum is None or ucum == self.unit,
+                 f"measurement {self.name!r}: unit {self.unit!r} is not UCUM; use {ucum!r}")
         object.__setattr__(self, "code",
                            _optional_code(self.code, self.name.replace("_", " ")))
         if not self.id:

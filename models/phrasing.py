@@ -18,7 +18,8 @@ Labeller = Callable[[str], "tuple[Statement, ...]"]
 
 # UCUM symbols as a report writes them; the rest are written as they are.
 UNIT_WORDS: Mapping[str, str] = {"/min": "/min", "{beats}/min": "/min", "1/min": "/min",
-                                 "deg": "degrees", "um": "micrometres", "{pixels}": "pixels"}
+                                 "deg": "degrees", "um": "micrometres", "{pixels}": "pixels",
+                                 "{beats}": "1"}  # "1": a plain count, no unit word
 
 
 def plain_where(where: Where) -> str:

@@ -69,8 +69,12 @@ def complete(study_uid: str, p: Principal = Depends(require(*READERS)),
     session.commit()
     session.expire_all()
     study = studies.get(session, study_uid)
-    return {"study_uid": study_uid, "completed_now": bool(done), "state": study.state,
+    body = {"study_uid": study_uid, "completed_now": bool(done), "state": study.state,
             "route_status": study.route_status, "domain": study.domain}
+    if not done and studies.last_job_failed(session, study):
+        body["hint"] = (f"the study's last analysis failed; POST /api/v1/studies/{study_uid}"
+                        "/reanalyze runs it again")
+    return body
 
 
 @router.post("/{study_uid}/reanalyze", status_code=202)

@@ -91,6 +91,12 @@ def detail(session: Session, study: Study) -> dict[str, Any]:
                         for r in reports]}
 
 
+def last_job_failed(session: Session, study: Study) -> bool:
+    state = session.scalar(select(Job.state).where(Job.study_fk == study.id)
+                           .order_by(Job.id.desc()).limit(1))
+    return state == "failed"
+
+
 def get(session: Session, study_uid: str) -> Study | None:
     return session.scalar(select(Study).where(Study.study_uid == study_uid))
 

@@ -97,8 +97,8 @@ def _run_engines(rule: RouteRule, study: StudyInput, specs: Mapping[str, ModelSp
         try:
             result = engine.run(study)
         except Exception as exc:  # one engine failing must not hide the others' results
-            warnings.append(f"{what} {family}@{spec.version} failed: "
-                            f"{type(exc).__name__}: {exc}")
+            reason = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
+            warnings.append(f"{what} {family}@{spec.version} failed: {reason}")
             continue
         if not isinstance(result, EngineResult):
             warnings.append(f"{what} {family}@{spec.version} returned "

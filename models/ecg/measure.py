@@ -354,7 +354,7 @@ def _to_measurements(a: EcgAnalysis) -> None:
         out.append(Measurement(name, round(float(val), 3), unit, LOINC.get(name), where))
 
     add("beat_count", "{beats}", span)
-    add("heart_rate", "bpm", span)
+    add("heart_rate", "/min", span)  # UCUM: per minute
     add("rr_interval", "ms", span)
     add("rr_sdnn", "ms", span)
     add("rr_rmssd", "ms", span)

@@ -51,7 +51,7 @@ def test_generator_truth_matches_request():
 def test_measurements_say_where_they_were_taken():
     a = _analyse(synthetic.generate(heart_rate=70, st_shift_mv={"II": 0.2}))
     by_id = {m.id: m for m in a.measurements}
-    assert by_id["m:heart_rate"].unit == "bpm" and by_id["m:heart_rate"].where.lead is None
+    assert by_id["m:heart_rate"].unit == "/min" and by_id["m:heart_rate"].where.lead is None
     assert by_id["m:heart_rate"].where.beats == tuple(range(len(a.beats)))
     assert by_id["m:qrs_duration"].unit == "ms" and by_id["m:qrs_duration"].where.beats
     assert by_id["m:qrs_axis"].unit == "deg"

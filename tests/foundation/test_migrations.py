@@ -32,3 +32,23 @@ def test_newest_migration_matches_the_models(monkeypatch, tmp_path, db_url):
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
+
+
+def test_0005_makes_merl_optional_in_the_shipped_ecg_rules_only(monkeypatch, tmp_path, db_url):
+    from app.db.session import session_scope
+    from app.pipeline import routes_store
+
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade("0005")
+    migrate.downgrade("0004")  # the rules as MedGate shipped them before 0005
+
+    def pipelines():
+        with session_scope() as s:
+            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
+
+    assert pipelines()["ecg-waveform"] == ["technical", "ecg-measure", "merl"]
+    migrate.upgrade()
+    after = pipelines()
+    assert after["ecg-waveform"] == after["ecg-modality"] == [
+        "technical", "ecg-measure", {"family": "merl", "required": False}]
+    assert after["ct"] == ["technical"]

@@ -191,3 +191,26 @@ def test_a_rule_naming_an_unknown_family_is_refused_when_saved(runtime, keys, cl
     assert "unknown engine family ['no-such-family']" in r.json()["detail"]
     stored = client.get("/api/v1/admin/routes", headers=keys["admin"]).json()["rules"]
     assert [x["name"] for x in stored] == ["ct-report"]  # unchanged
+
+
+def test_device_and_dtype_reach_the_engine_and_a_missing_gpu_is_refused(runtime, monkeypatch):
+    from app.config import reset_settings
+    from app.pipeline.runner import execute
+
+    checkpoint(runtime / "v1")
+    register("1", runtime / "v1")
+    # a bf16 preference stays fp32 on the CPU, where the families were validated
+    monkeypatch.setenv("MEDGATE_DTYPE_BY_FAMILY", '{"test-reporter": "bf16"}')
+    reset_settings()
+    uid, first = new_job()
+    assert execute(first) == "done"
+    raw = next(r["raw"] for r in draft(uid)["results"]
+               if r["model"]["family"] == "test-reporter")
+    assert (raw["device"], raw["dtype"]) == ("cpu", "fp32")
+    if torch.cuda.is_available():
+        return  # the refusal below is for a worker without a GPU
+    monkeypatch.setenv("MEDGATE_DEVICE", "cuda:0")
+    reset_settings()
+    _, second = new_job(uid)
+    assert execute(second) == "failed"
+    assert "MEDGATE_DEVICE" in job(second)[1] and "no CUDA device" in job(second)[1]

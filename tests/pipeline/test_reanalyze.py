@@ -45,6 +45,7 @@ def test_failed_study_is_listed_and_reanalysed_once_the_cause_is_gone(setup, api
     # completing again is not a way to re-run it
     again = api.post(f"/api/v1/studies/{uid}/complete", headers=clin).json()
     assert again["completed_now"] is False and job_states(uid) == ["failed"]
+    assert again["hint"].endswith(f"/api/v1/studies/{uid}/reanalyze runs it again")
 
     # the cause goes: the shipped rules run MERL as an optional engine
     assert api.put("/api/v1/admin/routes", json=defaults, headers=admin).status_code == 200

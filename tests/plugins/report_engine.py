@@ -102,7 +102,8 @@ class ReportEngine:
             trained=self.spec.variant == "checkpoint", findings=findings,
             measurements=measurements,
             text=[TextSection(name, tuple(s)) for name, s in sections.items()],
-            raw={"loads": list(LOADS), "scores": scores})
+            raw={"loads": list(LOADS), "scores": scores, "device": self.spec.device,
+                 "dtype": self.spec.dtype})
 
 
 @register(FAMILY)
