@@ -118,12 +118,12 @@ def merl_section(repeat: int) -> None:
     import torch
     from pydicom.data import get_testdata_file
 
-    from models.base import ModelSpec, StudyInput, build
+    from models.base import ModelSpec, StudyInput, build, load_engine
     from models.ecg.merl_preprocess import preprocess
     from models.ecg.signal import read_ecg
 
     path = Path(get_testdata_file("waveform_ecg.dcm"))
-    engine = build(ModelSpec("merl", "reference", variant="reference"))
+    engine = load_engine(build(ModelSpec("merl", "reference", variant="reference")))
     x = torch.from_numpy(preprocess(read_ecg(path)))[None]
     engine.class_embeddings()  # computed once per engine, not per ECG
     t_enc, _ = timed(lambda: engine.model.ecg_embedding(x), repeat)
