@@ -22,6 +22,15 @@ UNIT_WORDS: Mapping[str, str] = {"/min": "/min", "{beats}/min": "/min", "1/min":
                                  "{beats}": "1"}  # "1": a plain count, no unit word
 
 
+def format_number(value: float) -> str:
+    """A number as a report writes it: 512, 1.25, 0.811, 1806."""
+    if float(value).is_integer():
+        return str(int(value))
+    if abs(value) >= 10:
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
 def plain_where(where: Where) -> str:
     """A where-phrase for any domain: the slice range of a series, else nothing."""
     if where.slices is not None:

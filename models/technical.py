@@ -34,6 +34,7 @@ from models.base import (
     Where,
     register,
 )
+from models.phrasing import format_number
 
 FAMILY = "technical"
 VERSION = "1.0.0"
@@ -56,15 +57,6 @@ SPACING_TOLERANCE_MM = 0.05  # spacing jitter below max(0.05 mm, 5 % of the medi
 SPACING_TOLERANCE_REL = 0.05
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines differing by more than this are another plane
 FLAT_LEAD_MV = 0.02  # peak-to-peak below 20 uV is at the noise floor of an ECG cart: no signal
-
-
-def format_number(value: float) -> str:
-    """A number as a report writes it: 512, 1.25, 0.811, 1806."""
-    if float(value).is_integer():
-        return str(int(value))
-    if abs(value) >= 10:
-        return f"{value:.1f}".rstrip("0").rstrip(".")
-    return f"{value:.3g}"
 
 
 @dataclass

@@ -25,10 +25,10 @@ from typing import Any
 
 from app.reports.draft import SECTIONS, Draft, DraftError, Evidence, Sentence
 from models.base import EngineResult, Finding, Measurement, Region, Statement
-from models.phrasing import Labeller, Phrasing, phrasing_for
+from models.phrasing import Labeller, Phrasing, format_number, phrasing_for
 
 __all__ = ["SECTIONS", "Draft", "DraftError", "Evidence", "Sentence", "compose",
-           "KnowledgeLookup", "is_global_normal", "is_normal_statement", "format_value"]
+           "KnowledgeLookup", "is_global_normal", "is_normal_statement"]
 
 TECHNICAL_FAMILY = "technical"
 
@@ -45,20 +45,12 @@ _OPPOSITE = {"present": "absent", "absent": "present"}
 
 # ---------------------------------------------------------------------------- wording helpers
 
-def format_value(value: float) -> str:
-    if float(value).is_integer():
-        return str(int(value))
-    if abs(value) >= 10:
-        return f"{value:.1f}".rstrip("0").rstrip(".")
-    return f"{value:.3g}"
-
-
 def _quantity(m: Measurement, phrasing: Phrasing) -> str:
     unit = phrasing.unit_words.get(m.unit, m.unit)
     if unit == "1":
-        return format_value(m.value)
+        return format_number(m.value)
     sep = "" if unit.startswith("/") else " "
-    return f"{format_value(m.value)}{sep}{unit}"
+    return f"{format_number(m.value)}{sep}{unit}"
 
 
 def _phrase(m: Measurement, phrasing: Phrasing) -> str:

@@ -62,3 +62,35 @@ def test_keys_cli_rejects_unknown_role(medgate):
 def test_db_current_reports_head(medgate):
     r = run_cli("db", "current", env=dict(os.environ))
     assert r.returncode == 0 and r.stdout.strip() != "base"
+
+
+def test_models_inspect_prints_the_published_merl_trees():
+    """The JSON an administrator reads before fetching weights: every key and shape of the
+    released ViT-tiny tree (and the ResNet one through --config), as a strict load needs them."""
+    import json
+
+    import torch
+
+    from models.ecg.merl import CHECKPOINT_CONFIG
+    from models.ecg.merl_net import MerlModel
+
+    def inspect(*args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "app.cli", "models", "inspect", "merl",
+                              *args, "--json"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    vit = inspect("--variant", "checkpoint")
+    assert (vit["family"], vit["variant"], vit["config"]) == ("merl", "checkpoint", "vit_tiny")
+    assert len(vit["keys"]) == 367 and vit["parameters"] == 115_432_576
+    with torch.device("meta"):
+        expected = MerlModel({**CHECKPOINT_CONFIG, "ecg_model": "vit_tiny"}).state_dict()
+    assert vit["keys"] == {k: list(v.shape) for k, v in expected.items()}
+    resnet = inspect("--config", "resnet18")
+    assert resnet["config"] == "resnet18" and len(resnet["keys"]) == 337
+    assert resnet["keys"]["ecg_encoder.conv1.weight"] == [64, 12, 7]
+    bad = subprocess.run([sys.executable, "-m", "app.cli", "models", "inspect", "merl",
+                          "--config", "vit_huge"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "vit_tiny" in bad.stderr
