@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.api.deps import ADMIN, get_session, require
+from app.api.deps import ADMIN, Offset, RowId, get_session, require
 from app.api.problems import Problem
 from app.pipeline import routes_store
 from app.pipeline.routing import RuleError
@@ -47,7 +47,7 @@ def keys_create(body: KeyCreate, p: Principal = Depends(require(*ADMIN)),
 
 
 @router.delete("/keys/{key_id}")
-def keys_revoke(key_id: int, p: Principal = Depends(require(*ADMIN)),
+def keys_revoke(key_id: RowId, p: Principal = Depends(require(*ADMIN)),
                 session: Session = Depends(get_session)) -> dict:
     try:
         row = revoke_key(session, key_id, actor=p.actor)
@@ -63,7 +63,7 @@ def audit_list(p: Principal = Depends(require(*ADMIN)), session: Session = Depen
                resource_type: str | None = None, resource_id: str | None = None,
                outcome: str | None = None, since: datetime | None = None,
                until: datetime | None = None, limit: int = Query(100, ge=1, le=1000),
-               offset: int = Query(0, ge=0)) -> dict:
+               offset: Offset = 0) -> dict:
     events = audit.query(session, actor=actor, action=action, resource_type=resource_type,
                          resource_id=resource_id, outcome=outcome, since=since, until=until,
                          limit=limit, offset=offset)

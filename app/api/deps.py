@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.problems import Problem
 from app.config import get_settings
+from app.db.models import MAX_INT
 from app.db.session import session_factory
 from app.security.keys import Principal, allowed, authenticate
+
+# Row ids, version numbers and offsets as the database can hold them: anything larger is a 422
+# naming the limit, never an overflow in the driver.
+RowId = Annotated[int, Path(ge=1, le=MAX_INT, description="a row id")]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 
 def get_session() -> Iterator[Session]:

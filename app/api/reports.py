@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.api.deps import get_session, require
+from app.api.deps import Offset, RowId, get_session, require
 from app.api.problems import Problem
 from app.db.models import Report, Study
 from app.dicom.studies import timeline
@@ -56,7 +56,7 @@ def worklist(p: Principal = Depends(require(*CLINICIAN)),
                                    "analysis failed"),
              domain: str | None = None, patient_id: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
-             limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
+             limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> dict:
     allowed = (*STATES, service.FAILED)
     bad = [s for s in state or [] if s not in allowed]
     if bad:
@@ -69,7 +69,7 @@ def worklist(p: Principal = Depends(require(*CLINICIAN)),
 
 
 @router.get("/{report_id}")
-def get_report(report_id: int, response: Response, p: Principal = Depends(require(*CLINICIAN)),
+def get_report(report_id: RowId, response: Response, p: Principal = Depends(require(*CLINICIAN)),
                session: Session = Depends(get_session)) -> dict:
     report = _load(session, report_id, p, "report.read")
     audit.record(session, p.actor, "report.read", "report", str(report_id))
@@ -78,7 +78,7 @@ def get_report(report_id: int, response: Response, p: Principal = Depends(requir
 
 
 @router.get("/{report_id}/versions/{number}")
-def get_version(report_id: int, number: int, response: Response,
+def get_version(report_id: RowId, number: RowId, response: Response,
                 p: Principal = Depends(require(*CLINICIAN)),
                 session: Session = Depends(get_session)) -> dict:
     report = _load(session, report_id, p, "report.read")
@@ -145,14 +145,14 @@ def _index_case(report: Report) -> None:
 
 
 @router.patch("/{report_id}")
-def edit(report_id: int, body: EditBody, response: Response,
+def edit(report_id: RowId, body: EditBody, response: Response,
          if_match: str | None = Header(None), p: Principal = Depends(require(*CLINICIAN)),
          session: Session = Depends(get_session)) -> dict:
     return _act(session, report_id, p, "edit", if_match, response, sections=body.sections)
 
 
 def _action_route(action: str):  # noqa: ANN202 - a route handler
-    def handler(report_id: int, response: Response, body: ActionBody | None = None,
+    def handler(report_id: RowId, response: Response, body: ActionBody | None = None,
                 if_match: str | None = Header(None),
                 p: Principal = Depends(require(*CLINICIAN)),
                 session: Session = Depends(get_session)) -> dict:

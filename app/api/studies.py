@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from app.api.deps import get_session, require
+from app.api.deps import Offset, get_session, require
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.session import session_factory
@@ -37,7 +37,7 @@ def list_studies(p: Principal = Depends(require(*READERS)),
                  route_status: str | None = Query(None, description="routed or unrouted"),
                  modality: str | None = None, accession_number: str | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> dict:
+                 limit: int = Query(50, ge=1, le=500), offset: Offset = 0) -> dict:
     items, total = studies.list_studies(
         session, patient_id=patient_id, state=state, domain=domain, route_status=route_status,
         modality=modality, accession=accession_number, since=since, until=until, limit=limit,

@@ -28,6 +28,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The largest value of an Integer column on PostgreSQL (int4); ids, numbers, offsets and limits
+# beyond it are refused where they enter, not left to overflow in the driver.
+MAX_INT = 2**31 - 1
+
+
 class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no offset and returns naive
     values; comparing them with aware ones would fail)."""

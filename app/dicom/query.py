@@ -16,7 +16,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Instance, Patient, Series, Study
+from app.db.models import MAX_INT, Instance, Patient, Series, Study
 
 LEVELS = ("STUDY", "SERIES", "INSTANCE")
 
@@ -113,6 +113,8 @@ class Query:
         self.filters = clean
         if self.limit is not None and self.limit < 0 or self.offset < 0:
             raise QueryError("limit and offset must not be negative")
+        if (self.limit or 0) > MAX_INT or self.offset > MAX_INT:
+            raise QueryError(f"limit and offset must be at most {MAX_INT}")
 
 
 def _like(value: str) -> str:
@@ -130,9 +132,13 @@ def _condition(column: Any, kind: str, value: str):  # noqa: ANN202 - SQL expres
         return column.in_(values) if len(values) > 1 else column == values[0]
     if kind == "int":
         try:
-            return column == int(value)
+            number = int(value)
         except ValueError as exc:
             raise QueryError(f"{value!r} is not a number") from exc
+        if not -MAX_INT - 1 <= number <= MAX_INT:  # an IS value's range (PS3.5 6.2)
+            raise QueryError(f"{value!r} is out of range for an integer string "
+                             f"({-MAX_INT - 1} to {MAX_INT})")
+        return column == number
     if kind == "date":
         value = value.replace(".", "")  # ACR-NEMA style dates
         if "-" in value:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db.models import Instance, Patient, Series, Study
+from app.db.models import MAX_INT, Instance, Patient, Series, Study
 from app.pipeline import grouping
 
 # PS3.18 Table 10.5.3-3 / PS3.4 Annex B status codes, by name.
@@ -119,11 +119,14 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """An IS value for the index; one outside the IS range (PS3.5 6.2, also the database's) is
+    invalid and indexed as absent, while the file keeps what was sent."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        number = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is None or -MAX_INT - 1 <= number <= MAX_INT else None
 
 
 def read_header(path: Path) -> Dataset:
@@ -168,13 +171,19 @@ def _check_complete(path: Path, ds: Dataset, size: int) -> None:
         raise StoreError(CANNOT_UNDERSTAND, f"truncated or malformed: {exc}") from exc
 
 
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A UID as sent: never cut, so one over 64 characters is refused, not shortened into
+    another instance's UID."""
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip().rstrip("\0")
+
+
 def validate(ds: Dataset, expected_study: str | None = None) -> tuple[str, str, str, str]:
     """Return (sop_class, sop_instance, study, series) or raise StoreError."""
-    sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    sop_inst = _text(ds, "SOPInstanceUID") or str(
-        ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
-    study = _text(ds, "StudyInstanceUID")
-    series = _text(ds, "SeriesInstanceUID")
+    sop_class = _uid(ds, "SOPClassUID") or _uid(ds.file_meta, "MediaStorageSOPClassUID")
+    sop_inst = _uid(ds, "SOPInstanceUID") or _uid(ds.file_meta, "MediaStorageSOPInstanceUID")
+    study = _uid(ds, "StudyInstanceUID")
+    series = _uid(ds, "SeriesInstanceUID")
     missing = [n for n, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_inst),
                               ("StudyInstanceUID", study), ("SeriesInstanceUID", series)) if not v]
     if missing:
@@ -185,8 +194,16 @@ def validate(ds: Dataset, expected_study: str | None = None) -> tuple[str, str, 
                           ("StudyInstanceUID", study), ("SeriesInstanceUID", series))
            if not _UID.match(v) or len(v) > 64]
     if bad:
-        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"invalid UID in {', '.join(bad)}",
-                         sop_class, sop_inst)
+        # PS3.5 9.1: digits and dots, at most 64 characters. The names and lengths come first:
+        # a DIMSE Error Comment (LO) keeps 64 characters.
+        detail = "; ".join(f"{n} has {len(v)} characters" if len(v) > 64
+                           else f"{n} {v[:64]!r} is not digits and dots" for n, v in (
+                               ("SOPClassUID", sop_class), ("SOPInstanceUID", sop_inst),
+                               ("StudyInstanceUID", study), ("SeriesInstanceUID", series))
+                           if n in bad)
+        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                         f"invalid UID: {detail} (PS3.5 9.1: at most 64, digits and dots)",
+                         sop_class[:64], sop_inst[:64])
     if sop_class not in STORAGE_SOP_CLASSES:
         raise StoreError(SOP_CLASS_NOT_SUPPORTED,
                          f"SOP Class {sop_class} is not a storage SOP class MedGate accepts",
@@ -279,6 +296,14 @@ class _Rows:
         series = self.series.get(v.series_uid)
         if series is None:
             series = self.session.scalar(select(Series).where(Series.series_uid == v.series_uid))
+            if series is not None:
+                # refuse before making a patient or study row the refused instance would leave
+                owner = self.session.scalar(select(Study.study_uid)
+                                            .where(Study.id == series.study_fk))
+                if owner != v.study_uid:
+                    raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                     f"series {v.series_uid} already belongs to another study",
+                                     v.sop_class, v.sop_inst)
             study = self.study(v.ds, v.study_uid)
             if series is None:
                 series = Series(series_uid=v.series_uid, study_fk=study.id,

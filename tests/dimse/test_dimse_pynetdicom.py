@@ -153,6 +153,18 @@ def test_c_store_without_study_uid_fails_and_stores_nothing(sqlite_scp):
     assert list((sqlite_scp.settings.store_dir / "tmp").iterdir()) == []
 
 
+def test_c_store_with_a_uid_over_64_characters_fails_and_stores_nothing(sqlite_scp):
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.999." + "7" * 40  # 67 characters
+    assoc = associate(sqlite_scp, [build_context(ds.SOPClassUID, [ExplicitVRLittleEndian])])
+    rsp = assoc.send_c_store(ds)
+    assoc.release()
+    assert rsp.Status == 0xA900
+    assert rsp.ErrorComment.startswith("invalid UID: SeriesInstanceUID has 67 characters")
+    assert sqlite_scp.counts() == (0, 0, 0)
+    assert sqlite_scp.stored_files() == []
+
+
 def test_c_store_whose_data_set_uid_differs_from_the_request_is_refused(sqlite_scp, raw_send,
                                                                         tmp_path):
     ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
