@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app import logs
 from app.config import get_settings
 
 app = typer.Typer(help="MedGate: medical-imaging AI platform service.", no_args_is_help=True,
@@ -48,6 +49,7 @@ def serve(host: Annotated[str, typer.Option()] = "",
     console.print("Create an API key with: [bold].venv/bin/medgate keys create --role admin "
                   "--name me[/bold]")
     logging.basicConfig(level=logging.INFO)
+    logs.install()
     uvicorn.run(create_app(start_services=True), host=host, port=port, log_level="info")
 
 
@@ -61,6 +63,7 @@ def worker(queues: Annotated[str, typer.Option("-Q", "--queues")] =
     from app.pipeline.celery_app import celery_app
 
     get_settings().ensure_dirs()
+    logs.install()
     celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool,
                             "-l", loglevel, "--without-gossip", "--without-mingle",
                             "--without-heartbeat"])
@@ -220,6 +223,7 @@ def dicom_scp(port: Annotated[int, typer.Option(help="DICOM port (default: setti
     s = s.model_copy(update={"dicom_port": port or s.dicom_port,
                              "dicom_host": host or s.dicom_host})
     logging.basicConfig(level=logging.INFO)
+    logs.install()
     console.print(f"DICOM SCP {s.ae_title} on {s.dicom_host}:{s.dicom_port} "
                   f"(data: {s.data_dir.resolve()}); Ctrl-C stops it")
     serve_forever(s)

@@ -44,6 +44,10 @@ ENGINE_LOAD = Histogram("medgate_engine_load_seconds",
 ENGINE_SKIPPED = Counter("medgate_engine_skipped_total",
                          "Optional engines that failed or refused their input; the job went on",
                          ["domain", "engine"])
+WORKER_RESTARTS = Counter("medgate_worker_restarts_total",
+                          "Times `medgate serve` restarted its embedded worker after it died")
+JOBS_FINISHED = Counter("medgate_jobs_total", "Jobs by how they ended: done, failed, retried",
+                        ["domain", "outcome"])
 INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
 
 

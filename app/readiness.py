@@ -39,7 +39,25 @@ def check_storage() -> None:
         os.fsync(fh.fileno())
 
 
-CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage}
+def check_worker() -> None:
+    """The embedded worker's heartbeat, when this server supervises one."""
+    from app import services
+    from app.pipeline.worker_beat import STALE_AFTER, age
+
+    supervisor = services.SUPERVISOR
+    if supervisor is None:
+        return
+    seconds = age(supervisor.heartbeat)
+    if seconds is None:
+        raise RuntimeError("the embedded worker has not started yet"
+                           + (f" (restarted {supervisor.restarts} times)"
+                              if supervisor.restarts else ""))
+    if seconds > STALE_AFTER:
+        raise RuntimeError(f"the embedded worker's last heartbeat was {seconds:.0f} s ago")
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage,
+          "worker": check_worker}
 
 
 def check_all() -> dict[str, dict[str, Any]]:

@@ -10,12 +10,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
+from app import metrics
 from app.config import Settings
+from app.pipeline import worker_beat
 from app.pipeline.celery_app import QUEUES
 
 log = logging.getLogger("medgate.services")
+
 
 def _loop(settings: Settings) -> Callable[[], None]:
     from app.pipeline.loop import start_loop
@@ -41,18 +45,103 @@ def worker_command(queues: tuple[str, ...] = QUEUES, concurrency: int = 1) -> li
             "--concurrency", str(concurrency)]
 
 
+def _die_with_parent() -> None:
+    """In the worker child, before exec: Linux sends it SIGTERM when the server that started
+    it dies, even by SIGKILL, so a killed server leaves no worker behind (prctl(2))."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the server died before prctl took effect
+            os._exit(1)
+    except OSError:  # not Linux: the supervisor's stop() still ends the worker
+        pass
+
+
+class WorkerSupervisor:
+    """Starts the embedded worker, restarts it with backoff when it dies, and ends it with the
+    server. The supervising thread is also the thread that starts every child, because Linux
+    ties the parent-death signal to the starting thread's life."""
+
+    BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+    STABLE = 60.0  # seconds of life after which a worker's next death starts the backoff anew
+
+    def __init__(self, settings: Settings) -> None:
+        self.heartbeat = settings.data_dir.resolve() / "run" / "worker.heartbeat"
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medgate-worker-supervisor",
+                                        daemon=True)
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        self.heartbeat.unlink(missing_ok=True)
+        self._thread.start()
+        self._started.wait(timeout=30)
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env[worker_beat.ENV] = str(self.heartbeat)
+        self.proc = subprocess.Popen(worker_command(), env=env, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        log.info("embedded worker started (pid %s)", self.proc.pid)
+
+    def _run(self) -> None:
+        failures = 0
+        self._spawn()
+        self._started.set()
+        born = time.monotonic()
+        while not self._stop.wait(0.5):
+            code = self.proc.poll() if self.proc else 0
+            if code is None:
+                continue
+            self.heartbeat.unlink(missing_ok=True)  # /readyz says "worker" from now on
+            lived = time.monotonic() - born
+            failures = 0 if lived > self.STABLE else failures
+            wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
+            failures += 1
+            self.restarts += 1
+            metrics.WORKER_RESTARTS.inc()
+            log.warning("embedded worker (pid %s) exited with %s after %.0f s; restarting in "
+                        "%.0f s", self.proc.pid, code, lived, wait)
+            if self._stop.wait(wait):
+                return
+            self._spawn()
+            born = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            # Warm shutdown of the main process: it lets its pool finish the current task.
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.proc = None
+
+
+# The supervisor of this process's embedded worker, for /readyz; None when there is none.
+SUPERVISOR: WorkerSupervisor | None = None
+
+
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.worker: subprocess.Popen | None = None
+        self.worker: WorkerSupervisor | None = None
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        global SUPERVISOR
         if self.settings.embedded_worker and self.settings.embedded_broker:
-            self.worker = subprocess.Popen(worker_command(), env=dict(os.environ),
-                                           start_new_session=True)
-            log.info("embedded worker started (pid %s)", self.worker.pid)
+            self.worker = SUPERVISOR = WorkerSupervisor(self.settings)
+            self.worker.start()
         for name, start in EXTRA_SERVICES:
             self._stops.append((name, start(self.settings)))
             log.info("%s started", name)
@@ -65,12 +154,9 @@ class Services:
                 except Exception:  # noqa: BLE001 - stop the rest regardless
                     log.exception("stopping %s failed", name)
             self._stops.clear()
-            if self.worker is not None and self.worker.poll() is None:
-                # Warm shutdown of the main process: it lets its pool finish the current task.
-                os.kill(self.worker.pid, signal.SIGTERM)
-                try:
-                    self.worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.worker.pid, signal.SIGKILL)
-                    self.worker.wait()
+            if self.worker is not None:
+                self.worker.stop()
+            global SUPERVISOR
+            if SUPERVISOR is self.worker:
+                SUPERVISOR = None
             self.worker = None

@@ -8,14 +8,17 @@ late acknowledgement and prefetch 1 are safe and a lost message is re-sent by th
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Queue
 from kombu import pools as kombu_pools
 
 from app.config import Settings, get_settings
+from app.pipeline.worker_beat import on_worker_ready
 
 QUEUES = ("ingest", "cxr", "ct", "ecg", "pathology", "export")
 
 celery_app = Celery("medgate", include=["app.pipeline.tasks"])
+worker_ready.connect(on_worker_ready, weak=False)
 
 
 def configure(settings: Settings | None = None) -> Celery:

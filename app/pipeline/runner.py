@@ -234,6 +234,7 @@ def execute(job_id: int) -> str:
         if token is None:
             return "skipped"
         job = session.get(Job, job_id)
+        domain = job.domain
         if job.queued_at and job.started_at:
             metrics.QUEUE_WAIT.labels(domain=job.domain).observe(
                 max(0.0, (job.started_at - job.queued_at).total_seconds()))
@@ -266,16 +267,19 @@ def execute(job_id: int) -> str:
                       version=version.number)
             session.commit()
             metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
+            metrics.JOBS_FINISHED.labels(domain=plan.domain, outcome="done").inc()
             return "done"
     except TransientError as exc:
         _discard_outputs(plan)
         with factory() as session:
             jobs.release(session, job_id, token, str(exc))
+        metrics.JOBS_FINISHED.labels(domain=domain, outcome="retried").inc()
         raise
     except OperationalError as exc:
         _discard_outputs(plan)
         with factory() as session:
             jobs.release(session, job_id, token, str(exc))
+        metrics.JOBS_FINISHED.labels(domain=domain, outcome="retried").inc()
         raise TransientError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - anything else is permanent for this job
         _discard_outputs(plan)
@@ -283,6 +287,7 @@ def execute(job_id: int) -> str:
         log.warning("job %s failed: %s", job_id, reason)
         with factory() as session:
             jobs.fail(session, job_id, token, reason)
+        metrics.JOBS_FINISHED.labels(domain=domain, outcome="failed").inc()
         return "failed"
     finally:
         heart.stop_event.set()
