@@ -164,6 +164,8 @@ def _action_route(action: str):  # noqa: ANN202 - a route handler
     return handler
 
 
-for _action in ("sign", "amend", "correct", "withdraw"):
+# cancel: the study is not to be reported (wrong patient, duplicate order) before signing;
+# withdraw: the report was entered in error, also after signing.
+for _action in ("sign", "amend", "correct", "withdraw", "cancel"):
     router.add_api_route(f"/{{report_id}}/{_action}", _action_route(_action), methods=["POST"],
                          name=f"report_{_action}")

@@ -48,8 +48,13 @@ class IllegalTransition(Exception):
                          f"{', '.join(self.allowed) or 'none'}")
 
 
+# Actions only the pipeline takes (a new AI draft); never offered to a person.
+SYSTEM_ACTIONS = frozenset({"draft"})
+
+
 def allowed_actions(state: str) -> list[str]:
-    return sorted({a for (s, a) in TRANSITIONS if s == state})
+    """What a person may do next; each has its endpoint under /api/v1/reports/{id}."""
+    return sorted({a for (s, a) in TRANSITIONS if s == state} - SYSTEM_ACTIONS)
 
 
 def next_state(state: str, action: str) -> str:

@@ -130,7 +130,7 @@ def apply(session: Session, report: Report, action: str, actor: str, if_match: s
     """A clinician's action: edit, sign, amend, correct or withdraw."""
     version = _check(report, if_match)
     state = next_state(report.state, action)
-    if action in ("amend", "correct", "withdraw") and not (reason or "").strip():
+    if action in ("amend", "correct", "withdraw", "cancel") and not (reason or "").strip():
         raise ReportInputError(f"{action} needs a reason")
     if action == "edit" and not sections:
         raise ReportInputError("an edit needs at least one section")
@@ -142,7 +142,7 @@ def apply(session: Session, report: Report, action: str, actor: str, if_match: s
     if action == "sign":
         session.add(StudyEvent(study_fk=report.study_fk, kind="signed",
                                detail={"report": report.id, "by": actor}))
-    elif action in ("amend", "correct", "withdraw"):
+    elif action in ("amend", "correct", "withdraw", "cancel"):
         session.add(StudyEvent(study_fk=report.study_fk, kind=state,
                                detail={"report": report.id, "by": actor}))
     return new
