@@ -25,6 +25,8 @@ app.add_typer(kb_app, name="kb")
 models_app = typer.Typer(help="Model versions: register, activate, list; inspect a family's "
                          "module tree.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+store_app = typer.Typer(help="The DICOM file store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 console = Console(stderr=True)
 
 
@@ -364,6 +366,40 @@ def models_activate(family: str, version: str) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"{family} {version} is active")
+
+
+@store_app.command("check")
+def store_check(repair: Annotated[bool, typer.Option(
+                    help="remove dead writers' temporary files, index or quarantine files "
+                         "without a row")] = False,
+                min_age: Annotated[float, typer.Option(
+                    help="leave files younger than this (seconds): another process may be "
+                         "committing them")] = 30.0,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Compare the store with the database. Exit 1 when something needs attention: files
+    without a row or stale temporary files (without --repair), rows without a file."""
+    import json
+
+    from app.db.session import session_factory
+    from app.dicom.reconcile import reconcile
+
+    get_settings().ensure_dirs()
+    out = reconcile(session_factory(), repair=repair, min_age=min_age)
+    if as_json:
+        typer.echo(json.dumps(out.to_dict()))
+    else:
+        for rel in out.orphans:
+            typer.echo(f"no row: {rel}")
+        for rel in out.missing:
+            typer.echo(f"no file: {rel}")
+        for rel, reason in out.quarantined:
+            typer.echo(f"quarantined: {rel} ({reason})")
+        for rel in out.indexed:
+            typer.echo(f"indexed: {rel}")
+        console.print(f"{len(out.removed_tmp)} temporary files removed, {len(out.stale_tmp)} "
+                      f"stale; {len(out.indexed)} indexed, {len(out.quarantined)} quarantined, "
+                      f"{len(out.orphans)} without a row, {len(out.missing)} rows without a file")
+    raise typer.Exit(0 if out.clean else 1)
 
 
 def main() -> None:

@@ -48,6 +48,9 @@ WORKER_RESTARTS = Counter("medgate_worker_restarts_total",
                           "Times `medgate serve` restarted its embedded worker after it died")
 JOBS_FINISHED = Counter("medgate_jobs_total", "Jobs by how they ended: done, failed, retried",
                         ["domain", "outcome"])
+STORE_QUARANTINED = Counter("medgate_store_quarantined_total",
+                            "Files found in the store without a row that could not be indexed "
+                            "and were moved to the quarantine folder")
 INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
 
 

@@ -33,8 +33,22 @@ def _scp(settings: Settings) -> Callable[[], None]:
     return start_scp(settings)
 
 
+def _reconcile(settings: Settings) -> Callable[[], None]:
+    """Store and database agree after a crash: one pass now, one when the grace period of
+    files another process may still be committing has passed."""
+    from app.db.session import session_factory
+    from app.dicom.reconcile import reconcile
+
+    reconcile(session_factory(settings.db_url))
+    timer = threading.Timer(35.0, lambda: reconcile(session_factory(settings.db_url)))
+    timer.daemon = True
+    timer.start()
+    return timer.cancel
+
+
 # (name, start) pairs; start returns a stop callable.
 EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = [
+    ("store reconciliation", _reconcile),
     ("DICOM SCP", _scp),
     ("grouping and sweeper loop", _loop),
 ]

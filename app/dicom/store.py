@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class Stored:
     created: bool  # False: identical bytes were already stored
 
 
+WRITER = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
 def tmp_dir() -> Path:
     d = get_settings().store_dir / "tmp"
     d.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,9 @@ def spool(chunks: Iterable[bytes], limit: int | None = None) -> tuple[Path, str,
     """Write ``chunks`` to a temporary file in the store; return (path, sha256, size).
 
     Raises StoreError(0xA700) when the bytes exceed ``limit``; the partial file is removed."""
-    fd, name = tempfile.mkstemp(dir=tmp_dir(), prefix="in-", suffix=".part")
+    # the writer's host and pid in the name: start-up clean-up removes only the files of
+    # writers that are gone (app/dicom/reconcile.py)
+    fd, name = tempfile.mkstemp(dir=tmp_dir(), prefix=f"in-{WRITER}-", suffix=".part")
     h = hashlib.sha256()
     size = 0
     try:
