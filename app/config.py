@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # The URL clients reach MedGate by (behind a proxy, the proxy's); response URLs
+    # (RetrieveURL, BulkDataURI) are built from it, never from a request's Host header.
+    public_url: str | None = None
+    # Proxies whose X-Forwarded-Proto/-Host headers are believed (IP addresses).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Start the DIMSE SCP and the embedded worker from `medgate serve`.
     embedded_worker: bool = True
     start_scp: bool = True
@@ -56,7 +61,7 @@ class Settings(BaseSettings):
     # Extra modules that register engine families (a site's own engines), imported by workers.
     engine_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("dicom_allowed_aets", "engine_plugins", mode="before")
+    @field_validator("dicom_allowed_aets", "engine_plugins", "trusted_proxies", mode="before")
     @classmethod
     def _split_aets(cls, v: object) -> object:
         if isinstance(v, str):

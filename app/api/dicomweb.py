@@ -7,6 +7,7 @@ write the audit event, serialise. See docs/dicomweb.md for the conformance notes
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import anyio
@@ -33,7 +34,19 @@ DICOM_JSON = "application/dicom+json"
 
 
 def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/dicomweb"
+    """The base of response URLs: MEDGATE_PUBLIC_URL; else what a trusted proxy forwarded;
+    else the configured listen address. The request's own Host header is never used, so a
+    client cannot make MedGate hand out URLs that point elsewhere."""
+    s = get_settings()
+    if s.public_url:
+        return s.public_url.rstrip("/") + "/dicomweb"
+    client = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded and client in s.trusted_proxies:
+        proto = request.headers.get("x-forwarded-proto", "https").split(",")[0].strip()
+        return f"{proto}://{forwarded.split(',')[0].strip()}/dicomweb"
+    host = s.http_host if s.http_host not in ("0.0.0.0", "::", "") else socket.getfqdn()
+    return f"http://{host}:{s.http_port}/dicomweb"
 
 
 def _audit(session: Session, p: Principal, action: str, resource_type: str,

@@ -64,6 +64,12 @@ def _empty_database(url: str) -> None:
         engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Response URLs come from MEDGATE_PUBLIC_URL; these tests expect TestClient's address."""
+    monkeypatch.setenv("MEDGATE_PUBLIC_URL", "http://testserver")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """As tests/conftest.py's db_url, but PostgreSQL is one shared database, emptied."""
