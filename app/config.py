@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     stable_seconds_by_domain: dict[str, float] = Field(default_factory=dict)
     embedder: str | None = None
     max_upload_bytes: int = 2 * 1024**3
+    # A Deflated Explicit VR Little Endian data set may inflate to at most this many bytes;
+    # checked while inflating, before anything parses it (a deflate bomb is refused).
+    max_inflated_bytes: int = 256 * 1024**2
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # The URL clients reach MedGate by (behind a proxy, the proxy's); response URLs

@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import tempfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,39 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return number if number is None or -MAX_INT - 1 <= number <= MAX_INT else None
 
 
+def _check_inflated_size(path: Path) -> None:
+    """For a deflated data set (PS3.5 A.5), inflate it in bounded steps and refuse it once it
+    passes MEDGATE_MAX_INFLATED_BYTES: pydicom would inflate all of it into memory, on every
+    read, so a few hundred KB could become gigabytes."""
+    limit = get_settings().max_inflated_bytes
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            while chunk := fp.read(_CHUNK):
+                data = inflater.decompress(chunk, _CHUNK)
+                while True:
+                    total += len(data)
+                    if total > limit:
+                        raise StoreError(OUT_OF_RESOURCES,
+                                         f"the deflated data set inflates to more than "
+                                         f"{limit} bytes (MEDGATE_MAX_INFLATED_BYTES)")
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+    except StoreError:
+        raise
+    except Exception:  # noqa: BLE001 - a broken stream is for pydicom's read to report
+        return
+
+
 def read_header(path: Path) -> Dataset:
     """Parse and validate the header of a Part 10 file (no pixel data read into memory)."""
+    _check_inflated_size(path)
     size = path.stat().st_size
     try:
         # defer_size keeps bulk values on disk while every element's offset and length is known.
