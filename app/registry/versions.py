@@ -8,7 +8,7 @@ active one, so rolling back is activating the older version again).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,13 @@ from app.db.models import ModelVersion
 from app.registry.defaults import default_spec
 from app.security import audit
 from models.base import VARIANTS, ModelSpec, families
-from models.runtime.manifest import Manifest, ManifestError, compute_manifest, verify_manifest
+from models.runtime.manifest import (
+    Manifest,
+    ManifestError,
+    ManifestFile,
+    compute_manifest,
+    verify_manifest,
+)
 
 STATUSES = ("registered", "active", "retired")
 
@@ -75,8 +81,6 @@ def manifest_of(row: ModelVersion) -> Manifest | None:
         return Manifest.from_dict(row.manifest)
     if row.weights_path and row.sha256:
         full = weights_location(row.weights_path)
-        from models.runtime.manifest import ManifestFile
-
         size = full.stat().st_size if full.is_file() else 0
         return Manifest("file", (ManifestFile(full.name, size, row.sha256),))
     return None
@@ -121,10 +125,7 @@ def resolve(session: Session, family: str, device: str = "cpu",
     row = session.scalar(select(ModelVersion).where(ModelVersion.family == family,
                                                     ModelVersion.status == "active"))
     if row is None:
-        base = default_spec(family)
-        spec = ModelSpec(family=base.family, version=base.version, variant=base.variant,
-                         device=device, dtype=dtype)
-        return Resolved(spec, None)
+        return Resolved(replace(default_spec(family), device=device, dtype=dtype), None)
     weights = str(weights_location(row.weights_path)) if row.weights_path else None
     spec = ModelSpec(family=row.family, version=row.version, variant=row.variant,  # type: ignore[arg-type]
                      weights_path=weights, sha256=row.sha256, config=row.config or {},

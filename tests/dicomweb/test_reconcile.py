@@ -4,6 +4,7 @@ quarantined (never deleted), and rows without a file are reported. Both database
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ def test_crash_leftovers_are_indexed_quarantined_or_reported(medgate):
     good.unlink()
     # 2. renamed into place, transaction lost: a whole, valid instance without a row
     orphan_bytes = make_instance(PatientID="PID-ORPHAN")
-    ds = pydicom.dcmread(__import__("io").BytesIO(orphan_bytes), stop_before_pixels=True)
+    ds = pydicom.dcmread(io.BytesIO(orphan_bytes), stop_before_pixels=True)
     orphan = store.final_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     _write(orphan, orphan_bytes)
     # 3. half a file at a final path
@@ -44,7 +45,7 @@ def test_crash_leftovers_are_indexed_quarantined_or_reported(medgate):
     _write(half, orphan_bytes[: len(orphan_bytes) // 2])
     # 4. valid, but its series belongs to another study: the store would refuse it
     clash = make_instance(series=kept.series_uid, study=generate_uid())
-    cds = pydicom.dcmread(__import__("io").BytesIO(clash), stop_before_pixels=True)
+    cds = pydicom.dcmread(io.BytesIO(clash), stop_before_pixels=True)
     clash_path = store.final_path(cds.StudyInstanceUID, cds.SeriesInstanceUID,
                                   cds.SOPInstanceUID)
     _write(clash_path, clash)
