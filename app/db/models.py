@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -188,6 +189,9 @@ class Report(Base):
     addendum_of: Mapped[int | None] = mapped_column(ForeignKey("report.id", ondelete="SET NULL"),
                                                     nullable=True)
     current_version: Mapped[int] = mapped_column(Integer, default=0)
+    # A newer AI draft made after a clinician's edit: kept as this version number, offered,
+    # never made current by itself ("new images since your edit").
+    proposed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -265,9 +269,33 @@ class ApiKey(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))
+    # The person the key belongs to (a signature records them); empty for a system's key.
+    person_name: Mapped[str] = mapped_column(String(128), default="")
+    # An optional identifier of that person at the site (staff number, NPI, GMC number).
+    person_id: Mapped[str] = mapped_column(String(64), default="")
     # The first characters of the key, stored in clear to find the row; the rest only hashed.
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class DicomPeer(Base):
+    """A DICOM application entity MedGate knows: who may associate, from where, and what it may
+    do. The same rows are the destinations results and retrieves are sent to (host and port)."""
+
+    __tablename__ = "dicom_peer"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    # The host the peer connects from and is reached at; empty: any address.
+    host: Mapped[str] = mapped_column(String(255), default="")
+    # Its own SCP port (destinations of C-MOVE and of exported results); None: not reachable.
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    can_store: Mapped[bool] = mapped_column(Boolean, default=False)
+    can_query: Mapped[bool] = mapped_column(Boolean, default=False)
+    can_retrieve: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
