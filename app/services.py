@@ -39,8 +39,10 @@ def _reconcile(settings: Settings) -> Callable[[], None]:
     from app.db.session import session_factory
     from app.dicom.reconcile import reconcile
 
-    reconcile(session_factory(settings.db_url))
-    timer = threading.Timer(35.0, lambda: reconcile(session_factory(settings.db_url)))
+    min_age = settings.reconcile_min_age_seconds
+    reconcile(session_factory(settings.db_url), min_age=min_age)
+    timer = threading.Timer(min_age + 5.0,
+                            lambda: reconcile(session_factory(settings.db_url), min_age=min_age))
     timer.daemon = True
     timer.start()
     return timer.cancel

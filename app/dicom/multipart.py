@@ -31,6 +31,10 @@ class MultipartError(ValueError):
     headers)."""
 
 
+class TooManyParts(MultipartError):
+    """The body has more parts than the reader was told to take."""
+
+
 @dataclass(frozen=True)
 class MediaType:
     """A media type (or media range) with lower-cased name and parameter names."""
@@ -144,12 +148,13 @@ class MultipartReader:
     close delimiter, or whose part headers exceed ``max_header_bytes``."""
 
     def __init__(self, chunks: Iterable[bytes], boundary: str,
-                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+                 max_header_bytes: int = MAX_HEADER_BYTES, max_parts: int | None = None) -> None:
         self._src = iter(chunks)
         self._delim = b"\r\n--" + check_boundary(boundary)
         # A leading CRLF lets the first delimiter (which may open the body) match like others.
         self._buf = bytearray(b"\r\n")
         self._max_header = max_header_bytes
+        self._max_parts = max_parts
         self._eof = False
         self._closed = False
         self._current: Part | None = None
@@ -202,6 +207,8 @@ class MultipartReader:
                 self._closed = True
                 self._drain_epilogue()
                 return
+            if self._max_parts is not None and self.parts >= self._max_parts:
+                raise TooManyParts(f"the body has more than {self._max_parts} parts")
             headers = self._read_headers()
             self.parts += 1
             self._current = Part(self, self.parts - 1, headers)
@@ -242,6 +249,8 @@ class MultipartReader:
     def _read_headers(self) -> dict[str, str]:
         while True:
             idx = self._buf.find(b"\r\n\r\n")
+            if idx > self._max_header + 2:  # the block, not counting its leading CRLF
+                raise MultipartError(f"part headers exceed {self._max_header} bytes")
             if idx >= 0:
                 block = bytes(self._buf[2:idx])
                 del self._buf[:idx + 4]
@@ -310,5 +319,5 @@ def write_parts(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]],
     yield (b"--" if first else b"\r\n--") + b + b"--\r\n"
 
 
-__all__ = ["MediaType", "MultipartError", "MultipartReader", "Part", "content_type",
+__all__ = ["MediaType", "MultipartError", "MultipartReader", "Part", "TooManyParts", "content_type",
            "file_chunks", "new_boundary", "parse_accept", "parse_media_type", "write_parts"]

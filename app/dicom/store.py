@@ -34,7 +34,7 @@ from typing import BinaryIO
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom.sop_class import _STORAGE_CLASSES
 from sqlalchemy import select
@@ -43,6 +43,9 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import MAX_INT, Instance, Patient, Series, Study
+from app.dicom import structure
+from app.dicom.structure import PIXEL_TAGS, PixelElement
+from app.faults import crash_point
 from app.pipeline import grouping
 
 # PS3.18 Table 10.5.3-3 / PS3.4 Annex B status codes, by name.
@@ -166,8 +169,9 @@ def _check_inflated_size(path: Path) -> None:
         return
 
 
-def read_header(path: Path) -> Dataset:
-    """Parse and validate the header of a Part 10 file (no pixel data read into memory)."""
+def read_header(path: Path) -> tuple[Dataset, PixelElement | None]:
+    """Parse the header of a Part 10 file (no pixel data read into memory) and check it is
+    whole; returns the data set and where its pixel data element is."""
     _check_inflated_size(path)
     size = path.stat().st_size
     try:
@@ -178,35 +182,96 @@ def read_header(path: Path) -> Dataset:
         raise StoreError(CANNOT_UNDERSTAND, f"not a readable DICOM Part 10 file: {exc}") from exc
     if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
         raise StoreError(CANNOT_UNDERSTAND, "the file meta information has no TransferSyntaxUID")
-    _check_complete(path, ds, size)
-    return ds
+    return ds, _check_complete(path, ds, size)
 
 
-def _check_complete(path: Path, ds: Dataset, size: int) -> None:
-    """Refuse a file whose elements run past its end (a transfer cut off mid-value).
-
-    pydicom reads a short final value without complaint, so walk the raw top-level elements:
-    every defined length must fit in the file; undefined lengths are scanned to their
-    delimiter, which fails on a cut-off file."""
+def _check_complete(path: Path, ds: Dataset, size: int) -> PixelElement | None:
+    """Refuse a file whose encoding is broken or cut off (:mod:`app.dicom.structure`), and
+    return where its pixel data element is."""
     tsuid = ds.file_meta.TransferSyntaxUID
     if tsuid == DeflatedExplicitVRLittleEndian:
-        return  # a deflated body has no element offsets to check against the file size
+        # a deflated body has no element offsets in the file; pydicom inflated all of it
+        # (within MEDGATE_MAX_INFLATED_BYTES) and failed on a broken stream
+        for tag, keyword in PIXEL_TAGS.items():
+            if tag in ds:
+                value = ds[tag].value
+                return PixelElement(keyword, len(value) if value is not None else 0, False)
+        return None
     try:
         with open(path, "rb") as fp:
-            read_preamble(fp, False)
-            _read_file_meta_info(fp)
-            for raw in data_element_generator(fp, tsuid.is_implicit_VR, tsuid.is_little_endian,
-                                              defer_size=256):
-                length = getattr(raw, "length", None)  # sequences come back parsed
-                if length is not None and length != 0xFFFFFFFF \
-                        and raw.value_tell + length > size:
-                    raise StoreError(CANNOT_UNDERSTAND,
-                                     f"truncated: element {raw.tag} needs "
-                                     f"{raw.value_tell + length} bytes, the file has {size}")
-    except StoreError:
-        raise
+            structure.file_meta_end(fp, size)
+            return structure.walk(fp, size, tsuid.is_implicit_VR, tsuid.is_little_endian)
+    except structure.Malformed as exc:
+        raise StoreError(CANNOT_UNDERSTAND, f"malformed or truncated: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unusable
         raise StoreError(CANNOT_UNDERSTAND, f"truncated or malformed: {exc}") from exc
+
+
+# Storage SOP classes whose IOD has the Image Pixel module as mandatory (their keywords say
+# "ImageStorage": CT, MR, CR, DX, SC, US, XA, WSI, ...). Pixel Data missing from one of them
+# is a file cut short, not an image without pixels.
+IMAGE_STORAGE_CLASSES: frozenset[str] = frozenset(
+    uid for name, uid in _STORAGE_CLASSES.items() if "ImageStorage" in name)
+
+
+def _expected_length(ds: Dataset, keyword: str) -> int:
+    """Bytes of native pixel data the Image Pixel module describes (PS3.5 8.1.1, PS3.3
+    C.7.6.3); ValueError for a value that is not a positive whole number."""
+    def number(kw: str, default: int | None = None) -> int:
+        value = ds.get(kw, default)
+        if value in (None, ""):
+            if default is None:
+                raise ValueError(f"{kw} is missing")
+            value = default
+        n = int(str(value).strip())
+        if n <= 0:
+            raise ValueError(f"{kw} is {n}")
+        return n
+
+    bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(keyword) \
+        or number("BitsAllocated")
+    pixels = number("Rows") * number("Columns") * number("NumberOfFrames", 1)
+    samples = number("SamplesPerPixel", 1)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    return (pixels * samples * bits + 7) // 8
+
+
+def _check_pixel_data(ds: Dataset, pixels: PixelElement | None) -> None:
+    """Pixel data that matches its transfer syntax (PS3.5 8.1.1 native, 8.2 / A.4
+    encapsulated): a viewer, WADO-RS and the engines can then frame every stored image.
+
+    A native value shorter than Rows x Columns x Samples x Frames x Bits Allocated is refused;
+    a longer one is kept (pydicom and viewers read the frames and ignore the tail)."""
+    sop_class = _uid(ds, "SOPClassUID")
+    if pixels is None:
+        if sop_class in IMAGE_STORAGE_CLASSES:
+            raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                             "an image storage SOP class without Pixel Data (7FE0,0010): "
+                             "the file ends before its pixels")
+        return
+    tsuid = ds.file_meta.TransferSyntaxUID
+    encapsulated = pixels.length == 0xFFFFFFFF
+    if tsuid.is_encapsulated:
+        if pixels.keyword == "PixelData" and not (encapsulated and pixels.starts_with_item):
+            raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                             f"the transfer syntax {tsuid} is compressed but the Pixel Data "
+                             "is not encapsulated (PS3.5 A.4)")
+        return
+    if encapsulated:
+        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                         f"the Pixel Data is encapsulated but the transfer syntax {tsuid} is "
+                         "native (PS3.5 A.4)")
+    try:
+        expected = _expected_length(ds, pixels.keyword)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                         f"{pixels.keyword} without a usable Image Pixel module (Rows, Columns, "
+                         f"Samples per Pixel, Bits Allocated, Number of Frames): {exc}") from exc
+    if pixels.length < expected:
+        raise StoreError(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                         f"{pixels.keyword} has {pixels.length} bytes; the Image Pixel module "
+                         f"needs {expected} (PS3.5 8.1.1)")
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
@@ -217,9 +282,14 @@ def _uid(ds: Dataset, keyword: str) -> str:
 
 
 def validate(ds: Dataset, expected_study: str | None = None) -> tuple[str, str, str, str]:
-    """Return (sop_class, sop_instance, study, series) or raise StoreError."""
-    sop_class = _uid(ds, "SOPClassUID") or _uid(ds.file_meta, "MediaStorageSOPClassUID")
-    sop_inst = _uid(ds, "SOPInstanceUID") or _uid(ds.file_meta, "MediaStorageSOPInstanceUID")
+    """Return (sop_class, sop_instance, study, series) or raise StoreError.
+
+    The one validation every channel (C-STORE, STOW-RS, upload, store check) goes through. The
+    UIDs come from the data set itself, never from the file meta: the index must describe what
+    a reader of the data set sees (PS3.10 7.1: the meta only repeats them). A meta that
+    disagrees is kept as received: de-identification tools often leave it behind."""
+    sop_class = _uid(ds, "SOPClassUID")
+    sop_inst = _uid(ds, "SOPInstanceUID")
     study = _uid(ds, "StudyInstanceUID")
     series = _uid(ds, "SeriesInstanceUID")
     missing = [n for n, v in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_inst),
@@ -364,8 +434,13 @@ def final_path(study: str, series: str, sop_inst: str) -> Path:
 
 
 def _validated(tmp: Path, sha256: str, size: int, expected_study: str | None) -> _Valid:
-    ds = read_header(tmp)
+    ds, pixels = read_header(tmp)
     sop_class, sop_inst, study_uid, series_uid = validate(ds, expected_study)
+    try:
+        _check_pixel_data(ds, pixels)
+    except StoreError as exc:
+        exc.sop_class_uid, exc.sop_instance_uid = sop_class, sop_inst
+        raise
     return _Valid(tmp, sha256, size, ds, sop_class, sop_inst, study_uid, series_uid,
                   str(ds.file_meta.TransferSyntaxUID))
 
@@ -397,6 +472,9 @@ def store_many(session_factory, spooled: list[tuple[Path, str, int]],
                 valid.append((i, _validated(tmp, sha, size, expected_study)))
             except StoreError as exc:
                 outcomes[i] = exc
+            except Exception as exc:  # noqa: BLE001 - a file no check foresaw: this part only
+                outcomes[i] = StoreError(CANNOT_UNDERSTAND,
+                                         f"not a usable DICOM file: {type(exc).__name__}")
         # Content is made durable before the transaction: the database's write lock is not
         # held across these fsyncs.
         for i, v in list(valid):
@@ -474,10 +552,12 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(v.tmp, dest)
                 moved.append(dest)
+                crash_point("store.renamed", len(moved))
                 folders.add(dest.parent)
                 folders.add(dest.parent.parent)
             for folder in folders:
                 _fsync_dir(folder)
+            crash_point("store.before_commit", len(moved))
             session.commit()
         except BaseException:
             session.rollback()

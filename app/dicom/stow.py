@@ -23,15 +23,18 @@ study. This module never talks HTTP; it gets chunks and returns a result.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from app.dicom import dicomjson, store
-from app.dicom.multipart import MultipartError, MultipartReader, parse_media_type
+from app.dicom.multipart import MultipartError, MultipartReader, TooManyParts, parse_media_type
 from app.dicom.store import CANNOT_UNDERSTAND, PROCESSING_FAILURE, Stored, StoreError
+from app.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ SOURCE = "stow-rs"
 # client that is still sending can read our answer instead of a reset connection.
 DRAIN_CAP = 8 * 1024 * 1024
 _BINARY_ENCODINGS = {"", "binary", "8bit", "7bit"}
+# PS3.10 7.1: a 128-byte preamble, then "DICM"; a part shorter than that or without the prefix
+# is refused before any temporary file is made for it.
+_PREFIX = 132
 
 
 class BodyError(Exception):
@@ -157,15 +163,26 @@ def discard(received: Iterable[Received]) -> None:
             r.tmp.unlink(missing_ok=True)
 
 
-def receive(chunks: Iterable[bytes], boundary: str,
-            limit: int) -> tuple[list[Received], MultipartReader, int]:
+def _head(part_chunks: Iterator[bytes]) -> bytes:
+    """At least the first 132 bytes of a part (fewer only when the part is shorter)."""
+    head = b""
+    for chunk in part_chunks:
+        head += chunk
+        if len(head) >= _PREFIX:
+            break
+    return head
+
+
+def receive(chunks: Iterable[bytes], boundary: str, limit: int,
+            max_parts: int | None = None) -> tuple[list[Received], MultipartReader, int]:
     """Phase 1: spool every part. Returns (parts, reader, body bytes); BodyError leaves
     nothing behind."""
     source = iter(chunks)
     counter = [0]
     received: list[Received] = []
     try:
-        reader = MultipartReader(_limited(source, limit, counter), boundary)
+        reader = MultipartReader(_limited(source, limit, counter), boundary,
+                                 max_parts=max_parts)
         for part in reader:
             ptype = parse_media_type(part.content_type).type if part.content_type else DICOM
             encoding = part.headers.get("content-transfer-encoding", "").strip().lower()
@@ -176,10 +193,27 @@ def receive(chunks: Iterable[bytes], boundary: str,
                     CANNOT_UNDERSTAND, f"part {part.index + 1} is {what}; the Store "
                     f"transaction takes {DICOM} parts in binary")))
                 continue
-            tmp, sha, size = store.spool(part.chunks())
+            content = part.chunks()
+            head = _head(content)
+            if len(head) < _PREFIX or head[128:_PREFIX] != b"DICM":
+                part.drain()
+                received.append(Received(part.index, size=part.size, refused=StoreError(
+                    CANNOT_UNDERSTAND, f"part {part.index + 1} is not a DICOM Part 10 file: "
+                    + (f"{part.size} bytes, less than the 128-byte preamble and DICM prefix"
+                       if len(head) < _PREFIX else "no DICM prefix after the 128-byte "
+                       "preamble (PS3.10 7.1)"))))
+                continue
+            tmp, sha, size = store.spool(chain([head], content))
             received.append(Received(part.index, tmp, sha, size))
+            crash_point("stow.spooled", len(received))
         if not received:
             raise BodyError(400, "malformed-multipart", "the multipart body has no parts")
+    except TooManyParts as exc:
+        discard(received)
+        _drain(source)
+        raise BodyError(413, "too-many-parts",
+                        f"{exc} (MEDGATE_MAX_PARTS_PER_REQUEST); nothing was stored. Send the "
+                        "instances in several requests") from exc
     except MultipartError as exc:
         discard(received)
         _drain(source)
@@ -280,15 +314,19 @@ def response_dataset(outcomes: list[Outcome], base_url: str,
 
 
 def stow(session_factory, chunks: Iterable[bytes], content_type: str | None, limit: int,
-         base_url: str, expected_study: str | None = None) -> StowResult:
+         base_url: str, expected_study: str | None = None,
+         max_parts: int | None = None) -> StowResult:
     """Receive a whole STOW-RS body, then store its instances; BodyError for a refused body."""
     boundary = request_boundary(content_type)
-    received, reader, body_bytes = receive(chunks, boundary, limit)
+    received, reader, body_bytes = receive(chunks, boundary, limit, max_parts)
     outcomes = store_received(session_factory, received, expected_study)
-    for o in outcomes:
-        if o.error is not None:
-            log.info("STOW-RS part %d refused: 0x%04X %s", o.index + 1, o.error.status,
-                     o.error.reason)
+    refused = Counter(f"0x{o.error.status:04X}" for o in outcomes if o.error is not None)
+    if refused:
+        # one line per request, however many parts: the reasons go back in the response
+        first = next(o for o in outcomes if o.error is not None)
+        log.info("STOW-RS: %d of %d parts refused (%s); first: part %d, %s", sum(refused.values()),
+                 len(outcomes), ", ".join(f"{k} x{n}" for k, n in sorted(refused.items())),
+                 first.index + 1, first.error.reason)
     ds = response_dataset(outcomes, base_url, expected_study)
     studies = sorted({o.stored.study_uid for o in outcomes if o.stored is not None})
     return StowResult(http_status(outcomes), dicomjson.dataset_json(ds), outcomes,

@@ -59,6 +59,12 @@ class NotFound(Exception):
     """No such study, series, instance or element (404)."""
 
 
+class Unframeable(Exception):
+    """A stored file whose pixel data cannot be cut into frames as its header says (for
+    instance one stored before the store checked pixel data against the transfer syntax);
+    the whole instance can still be retrieved (422, never 500)."""
+
+
 @dataclass(frozen=True)
 class InstanceRef:
     study_uid: str
@@ -174,7 +180,10 @@ def bulkdata(ref: InstanceRef, tag_path: str) -> BulkData:
     application/octet-stream part (little endian), encapsulated Pixel Data as one part per
     frame in the media type of its transfer syntax. ``tag_path`` is ``7FE00010`` or
     ``00400275/0/00081199`` as in the BulkDataURIs of /metadata."""
-    ds = pydicom.dcmread(ref.path)
+    try:
+        ds = pydicom.dcmread(ref.path)
+    except Exception as exc:  # noqa: BLE001 - stored bytes pydicom cannot read any more
+        raise Unframeable(f"the stored instance cannot be parsed: {type(exc).__name__}") from exc
     steps = [s for s in tag_path.strip("/").split("/") if s]
     if not steps or len(steps) % 2 == 0:
         raise NotFound(f"bad bulk data path {tag_path!r}")
@@ -191,10 +200,14 @@ def bulkdata(ref: InstanceRef, tag_path: str) -> BulkData:
         raise NotFound(f"{tag_path} is not a bulk data element")
     tsuid = UID(ref.transfer_syntax_uid)
     if tag == 0x7FE00010 and current is ds and tsuid.is_encapsulated:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
         media = FRAME_MEDIA_TYPES.get(str(tsuid), "application/octet-stream")
-        parts = [({"Content-Type": f"{media}; transfer-syntax={tsuid}"}, [frame])
-                 for frame in generate_frames(elem.value, number_of_frames=frames)]
+        try:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            parts = [({"Content-Type": f"{media}; transfer-syntax={tsuid}"}, [frame])
+                     for frame in generate_frames(elem.value, number_of_frames=frames)]
+        except Exception as exc:  # noqa: BLE001 - pydicom says why in its own words
+            raise Unframeable(f"the Pixel Data is not encapsulated as its transfer syntax "
+                              f"{tsuid} requires (PS3.5 A.4): {exc}") from exc
         return BulkData(media, parts)
     little = str(tsuid) != "1.2.840.10008.1.2.2"
     value = elem.value if isinstance(elem.value, bytes) else bytes(elem.value or b"")

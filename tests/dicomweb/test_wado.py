@@ -37,6 +37,7 @@ EXPECTED_REFUSALS = {
     "empty_charset_LEI.dcm": 0xA900,      # no SOP Class / Instance UID either
     "nested_priv_SQ.dcm": 0xA900,
     "DICOMDIR-empty.dcm": 0xA900,         # a media directory, not a composite instance
+    "badVR.dcm": 0xA900,                  # Number of Frames '1A': its pixels cannot be framed
 }
 
 
