@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DOMAINS = ("cxr", "ct", "ecg", "pathology")
@@ -28,9 +28,17 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     ae_title: str = "MEDGATE"
     dicom_port: int = 11112
-    dicom_host: str = "0.0.0.0"
-    # Calling AE titles allowed to associate; empty means any.
-    dicom_allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Where the SCP listens; unset: the HTTP host (127.0.0.1), resolved after validation.
+    dicom_host: str | None = None
+    # Accept any calling AE title with store and query rights (demos only; logs a warning).
+    # Otherwise only the known peers (`medgate peers`, /api/v1/admin/peers) may associate.
+    dicom_accept_any_peer: bool = False
+    # DICOM TLS (PS3.15 Annex B): a second listener, off unless a port is set (2762 is the
+    # IANA dicom-tls port). With a CA, client certificates are required and verified.
+    dicom_tls_port: int | None = None
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
     stable_seconds: float = 10.0
     # Per-domain overrides, e.g. MEDGATE_STABLE_SECONDS_BY_DOMAIN='{"ct": 30}'
     stable_seconds_by_domain: dict[str, float] = Field(default_factory=dict)
@@ -39,6 +47,12 @@ class Settings(BaseSettings):
     # A Deflated Explicit VR Little Endian data set may inflate to at most this many bytes;
     # checked while inflating, before anything parses it (a deflate bomb is refused).
     max_inflated_bytes: int = 256 * 1024**2
+    # At start-up, a stored file without a row younger than this is left for a second pass
+    # once it is older: another process sharing the store may be between rename and commit.
+    # 0 where this server is the store's only writer.
+    reconcile_min_age_seconds: float = 30.0
+    # Parts one STOW-RS request may carry; more is refused with 413 before they are spooled.
+    max_parts_per_request: int = 5000
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # The URL clients reach MedGate by (behind a proxy, the proxy's); response URLs
@@ -64,7 +78,7 @@ class Settings(BaseSettings):
     # Extra modules that register engine families (a site's own engines), imported by workers.
     engine_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("dicom_allowed_aets", "engine_plugins", "trusted_proxies", mode="before")
+    @field_validator("engine_plugins", "trusted_proxies", mode="before")
     @classmethod
     def _split_aets(cls, v: object) -> object:
         if isinstance(v, str):
@@ -73,6 +87,12 @@ class Settings(BaseSettings):
                 return json.loads(v)
             return [a.strip() for a in v.split(",") if a.strip()]
         return v
+
+    @model_validator(mode="after")
+    def _dicom_host_defaults_to_http_host(self) -> Settings:
+        if not self.dicom_host:
+            self.dicom_host = self.http_host
+        return self
 
     @property
     def db_url(self) -> str:

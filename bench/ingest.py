@@ -196,6 +196,9 @@ def start_medgate(tmp: Path) -> Server:
     created = subprocess.run([*cli, "keys", "create", "--role", "pacs", "--name", "bench"],
                              env=env, cwd=REPO, check=True, capture_output=True, text=True)
     key = created.stdout.strip().splitlines()[-1]
+    for peer in ("BENCHSCU", "ECHOSCU"):  # the calling AE titles of storescu and echoscu
+        subprocess.run([*cli, "peers", "add", peer, "--host", "127.0.0.1", "--store"], env=env,
+                       cwd=REPO, check=True, capture_output=True)
     log = tmp / "medgate.log"
     procs = [subprocess.Popen([*cli, "serve", "--no-migrate"], env=env, cwd=REPO,
                               stdout=log.open("wb"), stderr=subprocess.STDOUT,

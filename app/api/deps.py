@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Security
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.models import MAX_INT
 from app.db.session import session_factory
+from app.security import audit
 from app.security.keys import Principal, allowed, authenticate
+
+log = logging.getLogger("medgate.api.auth")
 
 # Row ids, version numbers and offsets as the database can hold them: anything larger is a 422
 # naming the limit, never an overflow in the driver.
 RowId = Annotated[int, Path(ge=1, le=MAX_INT, description="a row id")]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
+# Declares the scheme in the OpenAPI document (Swagger UI's Authorize button); the key itself
+# is checked by _principal, which answers problem+json.
+BEARER = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                    description="An API key: `Authorization: Bearer mg_...`")
 
 
 def get_session() -> Iterator[Session]:
@@ -41,14 +50,40 @@ def _principal(request: Request, session: Session) -> Principal:
     return principal
 
 
+def _audit_refusal(request: Request, refusal: Problem, actor: str, **extra: object) -> None:
+    """An ``auth.refused`` event for a 401 or 403, in a session of its own (the request's is
+    never committed). It names the actor, never the presented key; a failed write is logged
+    and the refusal goes out unchanged."""
+    detail = {"status": refusal.status, "method": request.method, "path": request.url.path,
+              "client": request.client.host if request.client else "",
+              "reason": refusal.detail, **extra}
+    try:
+        with session_factory(get_settings().db_url)() as session:
+            audit.record(session, actor, "auth.refused", "http", request.url.path[:128],
+                         "refused", detail)
+            session.commit()
+    except Exception:  # noqa: BLE001 - the 401/403 must go out whatever happens here
+        log.exception("audit of a refused request to %s could not be written",
+                      request.url.path)
+
+
 def require(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency
     """A dependency that lets through keys with one of ``roles`` (admin always passes)."""
 
-    def dep(request: Request, session: Session = Depends(get_session)) -> Principal:
-        principal = _principal(request, session)
+    def dep(request: Request, session: Session = Depends(get_session),
+            _bearer: object = Security(BEARER)) -> Principal:
+        try:
+            principal = _principal(request, session)
+        except Problem as exc:
+            _audit_refusal(request, exc, "anonymous")
+            raise
         if not allowed(principal.role, roles):
-            raise Problem(403, "forbidden",
-                          f"role {principal.role!r} may not do this; needs one of {list(roles)}")
+            refusal = Problem(403, "forbidden",
+                              f"role {principal.role!r} may not do this; needs one of "
+                              f"{list(roles)}")
+            _audit_refusal(request, refusal, principal.actor, role=principal.role,
+                           needs=list(roles))
+            raise refusal
         request.state.principal = principal
         return principal
 

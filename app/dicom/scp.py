@@ -2,21 +2,43 @@
 
 What it does, and where the standard says so:
 
-* Association acceptance (PS3.8 7.1, 9.3.3): AE title from settings; any called AE title is
-  accepted. With a non-empty ``dicom_allowed_aets`` an association from any other calling AE
-  title is rejected with result *rejected-permanent*, source *service-user*, reason *calling AE
-  title not recognised* (PS3.8 Table 9-21), before any DIMSE message can arrive.
+* Association acceptance (PS3.8 7.1, 9.3.3): the called AE title must be ours, else
+  A-ASSOCIATE-RJ rejected-permanent, service-user, reason 7 *called AE title not recognised*
+  (PS3.8 Table 9-21). The calling AE title must be a known peer (:mod:`app.dicom.peers`, read
+  from the database once per association) connecting from its registered host, else reason 3
+  *calling AE title not recognised*, before any DIMSE message can arrive. With
+  ``dicom_accept_any_peer`` unknown peers are accepted with store and query rights.
+* Transport: plain TCP on ``dicom_port``; with ``dicom_tls_port`` also TLS 1.2 or later
+  (PS3.15 Annex B secure transport connection profiles) with the same AE, handlers and
+  peer checks; with ``dicom_tls_ca`` a client certificate signed by that CA is required.
 * Presentation contexts (PS3.8 9.3.3.2, PS3.5 10): every storage SOP class pynetdicom knows
   (170) with every transfer syntax pydicom knows, compressed ones included. Within each proposed
   context the transfer syntax accepted is the first one the *sender* proposed that MedGate
   supports, so nobody has to transcode for us.
+* A request must fit the presentation context it arrives on (PS3.7 9.1, PS3.8 9.3.2.2: the
+  context's abstract syntax is the SOP class of the messages sent on it). A C-STORE on the
+  Verification or a Find context, or one whose Affected SOP Class UID is not the context's, is
+  answered at once with 0x0122 *SOP Class Not Supported* (PS3.7 Annex C) instead of
+  pynetdicom's dispatch by the message's UID (which answered with a C-ECHO-RSP, stored on the
+  wrong context or aborted). See :class:`_Association`.
 * C-STORE (PS3.4 Annex B, statuses B.2.3 and PS3.7 9.1.1.1.9 / Annex C): the data set is never
   decoded or re-encoded. The bytes received in the negotiated transfer syntax are prefixed with
   a preamble and File Meta Information (PS3.10 7.1) and handed to :mod:`app.dicom.store`, which
-  validates, indexes and writes them. See :data:`C_STORE_STATUS` for the failure codes.
+  validates, indexes and writes them. See :data:`C_STORE_STATUS` for the failure codes. A peer
+  without the store right gets 0x0124 *Refused: Not Authorized* (PS3.7 Annex C); an empty data
+  set 0xA900. A request whose Command Data Set Type announces a data set that never comes (a
+  sender fault; the SCP cannot know it will not come) is completed as empty after
+  :data:`ANNOUNCED_DATA_SET_WAIT_SECONDS` of silence from the peer, and answered 0xA900.
 * C-FIND (PS3.4 Annex C, C.4.1): Study Root and Patient Root Find at PATIENT (Patient Root
   only), STUDY, SERIES and IMAGE level, answered by :mod:`app.dicom.query`, the same matching
   code QIDO-RS uses. Non-empty identifier elements are matching keys, empty ones return keys.
+  A peer without the query right gets a single final 0x0124 *Refused: Not Authorized* response
+  and no matches: a status the standard defines for every DIMSE service (PS3.7 Annex C), where
+  an A-ABORT would tell the peer nothing and cost it the association.
+* Audit (:mod:`app.security.audit`, each in a session of its own; a failed write is logged and
+  never changes a DIMSE answer): every association attempt (``dicom.associate``), its store
+  summary when it ends (``dicom.release``), every C-FIND (``dicom.find``: level, the names of
+  the matching keys, never their values, the number of matches) and failed TLS handshakes.
 
 The module never writes to the store or the database itself; it must never change a received
 data set.
@@ -26,12 +48,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import ssl
+import struct
 import threading
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -52,6 +79,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import (
     _STORAGE_CLASSES,
@@ -59,12 +90,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.session import session_factory
-from app.dicom import query, store
+from app.dicom import peers, query, store
+from app.security import audit
 
 log = logging.getLogger("medgate.dicom.scp")
 
@@ -87,6 +119,22 @@ FIND_SOP_CLASSES: list[str] = [StudyRootQueryRetrieveInformationModelFind,
 MAX_PDU_SIZE = 262_144
 # How long stop() lets running associations finish before aborting them.
 STOP_GRACE_SECONDS = 10.0
+# A request whose command announced a data set (Command Data Set Type != 0x0101, PS3.7 E.1)
+# and whose peer then sent nothing for this long is completed as an empty data set and
+# answered, rather than left waiting for the network timeout. Silence is measured on the
+# socket (Linux TCP_INFO), so a slow link that is still delivering is never cut short.
+ANNOUNCED_DATA_SET_WAIT_SECONDS = 5.0
+# A TLS handshake must finish within this long; it runs in the connection's own thread.
+TLS_HANDSHAKE_SECONDS = 10.0
+# At most this many Study Instance UIDs are kept in one association's audit summary.
+AUDIT_MAX_STUDIES = 500
+
+# General statuses any DIMSE service may return (PS3.7 Annex C).
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # Refused: SOP Class Not Supported
+NOT_AUTHORISED = 0x0124           # Refused: Not Authorized
+# PS3.8 Table 9-21 (A-ASSOCIATE-RJ): (result, source, reason).
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)   # rejected-transient, service-user, no reason given
 
 # StoreError.status -> C-STORE response status. PS3.4 B.2.3 defines A7xx (out of resources),
 # A9xx (data set does not match SOP class) and Cxxx (cannot understand); PS3.7 Annex C adds
@@ -250,7 +298,139 @@ def _patients(matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+# ---------------------------------------------------------------- transport: servers and TLS
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The server side of a secure transport connection (PS3.15 Annex B): TLS 1.2 or later,
+    our certificate and key; with ``dicom_tls_ca`` a client certificate signed by that CA is
+    required and verified (mutual authentication)."""
+    if not settings.dicom_tls_cert or not settings.dicom_tls_key:
+        raise RuntimeError("MEDGATE_DICOM_TLS_PORT is set, so MEDGATE_DICOM_TLS_CERT and "
+                           "MEDGATE_DICOM_TLS_KEY (PEM files) are needed too")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+        if settings.dicom_tls_ca:
+            ctx.load_verify_locations(cafile=settings.dicom_tls_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise RuntimeError(f"DICOM TLS: cannot load MEDGATE_DICOM_TLS_CERT/_KEY/_CA: {exc}"
+                           ) from exc
+    return ctx
+
+
+# Which requests must arrive on which presentation contexts (PS3.8 9.3.2.2: a context's
+# abstract syntax is the SOP class its messages use).
+_CONTEXTS_OF: dict[type, frozenset[str]] = {C_STORE: frozenset(STORAGE_SOP_CLASSES),
+                                              C_FIND: frozenset(FIND_SOP_CLASSES)}
+
+
+def off_context_response(msg: Any, context: PresentationContext) -> C_STORE | C_FIND | None:
+    """The 0x0122 response to a C-STORE or C-FIND that does not belong on ``context``, or None
+    when it does (or is another kind of request, left to pynetdicom)."""
+    allowed = _CONTEXTS_OF.get(type(msg))
+    abstract = str(context.abstract_syntax)
+    if allowed is None or (abstract in allowed and str(msg.AffectedSOPClassUID) == abstract):
+        return None
+    rsp = type(msg)()
+    rsp.MessageIDBeingRespondedTo = msg.MessageID
+    rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    if isinstance(msg, C_STORE):
+        rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+    rsp.Status = SOP_CLASS_NOT_SUPPORTED
+    name = UID(abstract).name if UID(abstract).is_valid else abstract
+    rsp.ErrorComment = f"not a request for the {name} context"[:64]
+    return rsp
+
+
+class _Association(Association):
+    """pynetdicom's acceptor, except that a request must fit its presentation context.
+
+    pynetdicom picks the service class from the request's Affected SOP Class UID and ignores
+    the context it came on: a C-STORE naming Verification on the Verification context got a
+    C-ECHO-RSP, one naming a Find model made the Query/Retrieve class raise (an A-ABORT), and
+    one naming CT Image Storage on the Verification or a Find context was stored. Such a
+    request is answered here, at once, with 0x0122 (see :func:`off_context_response`)."""
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        context = self._accepted_cx.get(context_id)
+        if context is not None and not self._sent_release and msg.is_valid_request:
+            rsp = off_context_response(msg, context)
+            if rsp is not None:
+                scp = getattr(self._server, "scp", None)
+                if scp is not None:
+                    scp.refused_off_context(self, msg, context)
+                self.dimse.send_msg(rsp, context_id)
+                return
+        super()._serve_request(msg, context_id)
+
+
+class _Handler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # The same object with one method overridden: pynetdicom builds the acceptor itself
+        # and has no hook to build a subclass.
+        assoc.__class__ = _Association
+        return assoc
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with :class:`_Association`; on the TLS listener the
+    handshake runs in the connection's own thread, with a deadline.
+
+    (pynetdicom wraps the socket in its accept loop, so one client that connected and sent
+    nothing would hold up every other TLS connection.)"""
+
+    def __init__(self, *args: Any, tls: ssl.SSLContext | None = None,
+                 scp: DicomSCP | None = None, **kwargs: Any) -> None:
+        self.tls = tls
+        self.scp = scp
+        super().__init__(*args, request_handler=_Handler, **kwargs)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            raw = request
+            try:
+                raw.settimeout(TLS_HANDSHAKE_SECONDS)
+                request = self.tls.wrap_socket(raw, server_side=True)
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                if self.scp is not None:
+                    self.scp.on_tls_failure(client_address, exc)
+                self.shutdown_request(raw)
+                return
+        super().finish_request(request, client_address)
+
+
 # ---------------------------------------------------------------- the application entity
+
+@dataclass
+class _AssocState:
+    """What MedGate knows about one association, from A-ASSOCIATE-RQ to its end."""
+
+    id: str
+    calling: str
+    called: str
+    address: str
+    port: int
+    tls: bool
+    decision: peers.Decision | None = None  # set when accepted
+    reason: str = ""                        # why it was rejected
+    counts: Counter[str] = field(default_factory=Counter)
+    studies: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+    studies_truncated: bool = False
+    started: float = field(default_factory=time.monotonic)
+    closed: bool = False
+    waiting: tuple[Any, float, bool] | None = None  # (message, since, completed)
+
+    @property
+    def actor(self) -> str:
+        return f"dicom:{self.calling}"
+
+    def may(self, action: str) -> bool:
+        return self.decision is not None and self.decision.may(action)
+
 
 class DicomSCP:
     """One AE (settings.ae_title) with its handlers; :meth:`start` listens without blocking."""
@@ -261,8 +441,12 @@ class DicomSCP:
         self.sessions = sessions or session_factory(settings.db_url)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
-        self._counts: WeakKeyDictionary[Association, Counter[str]] = WeakKeyDictionary()
+        self.tls_server: ThreadedAssociationServer | None = None
+        self.announced_data_set_wait = ANNOUNCED_DATA_SET_WAIT_SECONDS
+        self._assocs: WeakKeyDictionary[Association, _AssocState] = WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
@@ -272,9 +456,10 @@ class DicomSCP:
             ae.add_supported_context(uid, STORAGE_TRANSFER_SYNTAXES)
         for uid in FIND_SOP_CLASSES:
             ae.add_supported_context(uid, NATIVE_TRANSFER_SYNTAXES)
-        # pynetdicom answers A-ASSOCIATE-RJ (1 rejected-permanent, 1 service-user,
-        # 3 calling AE title not recognised) for any other calling AE title.
-        ae.require_calling_aet = list(self.settings.dicom_allowed_aets)
+        # pynetdicom answers A-ASSOCIATE-RJ (1 rejected-permanent, 1 service-user, 7 called AE
+        # title not recognised) to a request for any other AE. Calling AE titles are checked
+        # against the peers table in on_requested.
+        ae.require_called_aet = True
         return ae
 
     @property
@@ -285,69 +470,259 @@ class DicomSCP:
                 (evt.EVT_ABORTED, self.on_closed), (evt.EVT_C_ECHO, self.on_c_echo),
                 (evt.EVT_C_STORE, self.on_c_store), (evt.EVT_C_FIND, self.on_c_find)]
 
-    def start(self) -> ThreadedAssociationServer:
-        address = (self.settings.dicom_host, self.settings.dicom_port)
+    def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
+        address = (str(self.settings.dicom_host), port)
         try:
-            self.server = self.ae.start_server(address, block=False,
-                                               evt_handlers=self.handlers)
+            server = self.ae.make_server(address, evt_handlers=self.handlers,
+                                         server_class=_Server, tls=tls, scp=self)
         except OSError as exc:
-            raise RuntimeError(f"the DICOM SCP cannot listen on {address[0]}:{address[1]} "
-                               f"(MEDGATE_DICOM_HOST/MEDGATE_DICOM_PORT): {exc}") from exc
-        allow = ", ".join(self.settings.dicom_allowed_aets) or "any calling AE title"
-        log.info("DICOM SCP %s listening on %s:%s (%d storage SOP classes, %d transfer "
-                 "syntaxes; allowed: %s)", self.settings.ae_title, *self.server.server_address,
-                 len(STORAGE_SOP_CLASSES), len(STORAGE_TRANSFER_SYNTAXES), allow)
+            what = "MEDGATE_DICOM_TLS_PORT" if tls else "MEDGATE_DICOM_PORT"
+            raise RuntimeError(f"the DICOM SCP cannot listen on {address[0]}:{port} "
+                               f"(MEDGATE_DICOM_HOST/{what}): {exc}") from exc
+        thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                  name=f"DicomSCP{'-TLS' if tls else ''}@{port}")
+        thread.start()
+        # As AE.start_server does: the AE's shutdown() and the server's own shutdown() use it.
+        self.ae._servers.append(server)
+        return server
+
+    def start(self) -> ThreadedAssociationServer:
+        tls = tls_context(self.settings) if self.settings.dicom_tls_port else None
+        self._stopping.clear()
+        self.server = self._listen(self.settings.dicom_port, None)
+        if tls is not None:
+            try:
+                self.tls_server = self._listen(int(self.settings.dicom_tls_port or 0), tls)
+            except RuntimeError:
+                self.stop(grace=0)
+                raise
+        self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                          name="DicomSCP-watchdog")
+        self._watchdog.start()
+        tls_note = (f", TLS on port {self.tls_server.server_address[1]}"
+                    f"{' with client certificates' if self.settings.dicom_tls_ca else ''}"
+                    if self.tls_server else "")
+        log.info("DICOM SCP %s listening on %s:%s%s (%d storage SOP classes, %d transfer "
+                 "syntaxes)", self.settings.ae_title, *self.server.server_address[:2],
+                 tls_note, len(STORAGE_SOP_CLASSES), len(STORAGE_TRANSFER_SYNTAXES))
+        if os.environ.get("MEDGATE_DICOM_ALLOWED_AETS"):
+            log.warning("MEDGATE_DICOM_ALLOWED_AETS is no longer read: only known peers may "
+                        "associate (`medgate peers add AE --host H --store`)")
+        if self.settings.dicom_accept_any_peer:
+            log.warning("MEDGATE_DICOM_ACCEPT_ANY_PEER is on: any calling AE title may store "
+                        "and query; register peers (`medgate peers add`) and turn it off "
+                        "outside demos")
         return self.server
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop listening, let running associations finish for ``grace`` s, then abort them."""
-        server, self.server = self.server, None
-        if server is None:
+        servers = [s for s in (self.server, self.tls_server) if s is not None]
+        self.server = self.tls_server = None
+        self._stopping.set()
+        if not servers:
             return
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while any(s.active_associations for s in servers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in server.active_associations:
-            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
-            assoc.abort()
+        for server in servers:
+            for assoc in server.active_associations:
+                log.warning("aborting association from %s at shutdown",
+                            assoc.requestor.ae_title)
+                assoc.abort()
         self.ae.shutdown()
         log.info("DICOM SCP %s stopped", self.settings.ae_title)
 
+    # -- audit ---------------------------------------------------------------------------
+
+    def _audit(self, actor: str, action: str, resource_type: str, resource_id: str,
+               outcome: str, detail: dict[str, Any]) -> None:
+        """One audit event in a session of its own; a failure is logged, never raised."""
+        try:
+            with self.sessions() as session:
+                audit.record(session, actor, action, resource_type, resource_id, outcome,
+                             detail)
+                session.commit()
+        except Exception:  # noqa: BLE001 - the DIMSE answer must not depend on the audit
+            log.exception("audit event %s for %s could not be written", action, actor)
+
+    def _audit_association(self, st: _AssocState, outcome: str, reason: str = "",
+                           codes: tuple[int, ...] | None = None) -> None:
+        detail: dict[str, Any] = {
+            "association": st.id, "calling_ae": st.calling, "called_ae": st.called,
+            "address": st.address, "port": st.port, "tls": st.tls,
+            "outcome": "accepted" if outcome == "success" else "rejected"}
+        if reason:
+            detail["reason"] = reason
+        if codes:
+            detail["result"], detail["source"], detail["diagnostic"] = codes
+        if st.decision is not None and st.decision.peer is not None:
+            detail["rights"] = {a: st.decision.may(a) for a in ("store", "query", "retrieve")}
+            detail["known_peer"] = st.decision.known
+        self._audit(st.actor, "dicom.associate", "dicom_association", st.id, outcome, detail)
+
     # -- association events -------------------------------------------------------------
 
+    def _state(self, assoc: Association) -> _AssocState:
+        with self._lock:
+            st = self._assocs.get(assoc)
+            if st is None:
+                rq = assoc.requestor.primitive
+                st = _AssocState(
+                    id=uuid.uuid4().hex[:16],
+                    calling=str(getattr(rq, "calling_ae_title", "") or "").strip(),
+                    called=str(getattr(rq, "called_ae_title", "") or "").strip(),
+                    address=str(assoc.requestor.address), port=int(assoc.requestor.port or 0),
+                    tls=self.tls_server is not None and assoc._server is self.tls_server)
+                self._assocs[assoc] = st
+            return st
+
     def on_requested(self, event: evt.Event) -> None:
+        """Decide on the calling AE title before pynetdicom negotiates (PS3.8 9.3.3.3).
+
+        Fails closed: any error here rejects the association."""
         assoc = event.assoc
-        rq = assoc.requestor.primitive
-        log.info("association requested by %s (%s:%s) calling %s", rq.calling_ae_title,
-                 assoc.requestor.address, assoc.requestor.port, rq.called_ae_title)
-        prefer_sender_transfer_syntax(assoc)
+        try:
+            st = self._state(assoc)
+            log.info("association requested by %s (%s:%s%s) calling %s", st.calling,
+                     st.address, st.port, ", TLS" if st.tls else "", st.called)
+            if st.called != self.settings.ae_title.strip():
+                st.reason = (f"called AE title {st.called!r} is not "
+                             f"{self.settings.ae_title!r}")
+                return  # pynetdicom rejects it (require_called_aet): reason 7
+            try:
+                with self.sessions() as session:
+                    decision = peers.authorise(session, st.calling, st.address, "associate",
+                                               self.settings.dicom_accept_any_peer)
+            except Exception as exc:  # noqa: BLE001 - no database, no decision: try later
+                log.exception("peer lookup for %s failed", st.calling)
+                st.reason = f"peer lookup failed ({type(exc).__name__}); try again later"
+                self._reject(assoc, REJECT_TRANSIENT)
+                return
+            if not decision.allowed:
+                st.reason = decision.reason
+                self._reject(assoc, REJECT_CALLING_AE)
+                return
+            st.decision = decision
+            prefer_sender_transfer_syntax(assoc)
+        except Exception:  # noqa: BLE001 - never accept by accident
+            log.exception("association request could not be checked; rejecting it")
+            if not assoc.is_rejected:
+                self._reject(assoc, REJECT_TRANSIENT)
+
+    @staticmethod
+    def _reject(assoc: Association, codes: tuple[int, int, int]) -> None:
+        """A-ASSOCIATE-RJ from EVT_REQUESTED, the way pynetdicom's own negotiation does it."""
+        assoc.acse.send_reject(*codes)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     def on_accepted(self, event: evt.Event) -> None:
-        with self._lock:
-            self._counts[event.assoc] = Counter()
-        log.info("association accepted from %s (%d contexts)", event.assoc.requestor.ae_title,
+        st = self._state(event.assoc)
+        log.info("association accepted from %s (%d contexts)", st.calling,
                  len(event.assoc.accepted_contexts))
+        self._audit_association(st, "success")
 
     def on_rejected(self, event: evt.Event) -> None:
-        calling = event.assoc.requestor.ae_title
-        why = ("calling AE title not recognised"
-               if self.ae.require_calling_aet and calling not in self.ae.require_calling_aet
-               else "see pynetdicom log")
-        log.warning("association from %s (%s) rejected: %s", calling,
-                    event.assoc.requestor.address, why)
+        st = self._state(event.assoc)
+        rj = event.assoc.acceptor.primitive
+        codes = tuple(int(getattr(rj, k, 0) or 0)
+                      for k in ("result", "result_source", "diagnostic"))
+        why = st.reason or str(getattr(rj, "reason_str", "") or "rejected")
+        st.decision = None
+        log.warning("association from %s (%s) rejected: %s", st.calling, st.address, why)
+        self._audit_association(st, "refused", why, codes)
 
     def on_closed(self, event: evt.Event) -> None:
-        counts = self._counts.get(event.assoc) or Counter()
+        st = self._assocs.get(event.assoc)
+        if st is None or st.decision is None or st.closed:
+            return  # rejected associations were audited when rejected
+        st.closed = True
+        c = st.counts
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
-        log.info("association from %s %s: %d stored, %d already stored, %d failed, %d queries",
-                 event.assoc.requestor.ae_title, how, counts["stored"], counts["identical"],
-                 counts["failed"], counts["find"])
+        log.info("association from %s %s: %d stored, %d already stored, %d failed, "
+                 "%d refused, %d queries", st.calling, how, c["stored"], c["identical"],
+                 c["failed"], c["refused"], c["find"])
+        self._audit(st.actor, "dicom.release", "dicom_association", st.id,
+                    "success" if how == "released" else "aborted", {
+                        "association": st.id, "calling_ae": st.calling,
+                        "address": st.address, "tls": st.tls, "how": how,
+                        "stored": c["stored"], "identical": c["identical"],
+                        "failed": c["failed"], "refused": c["refused"], "finds": c["find"],
+                        "study_uids": list(st.studies),
+                        "study_uids_truncated": st.studies_truncated,
+                        "seconds": round(time.monotonic() - st.started, 3)})
+
+    def on_tls_failure(self, client_address: Any, exc: BaseException) -> None:
+        address = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        reason = f"TLS handshake failed: {exc}"[:200]
+        log.warning("DICOM TLS connection from %s refused: %s", address, exc)
+        self._audit("dicom:unknown", "dicom.tls", "dicom_association", "", "refused",
+                    {"address": address, "reason": reason})
+
+    def refused_off_context(self, assoc: Association, msg: Any, context: PresentationContext
+                            ) -> None:
+        st = self._state(assoc)
+        st.counts["failed" if isinstance(msg, C_STORE) else "find"] += 1
+        log.warning("%s from %s on presentation context %s (%s) refused (0x%04X): "
+                    "Affected SOP Class UID %s does not belong there",
+                    "C-STORE" if isinstance(msg, C_STORE) else "C-FIND", st.calling,
+                    context.context_id, context.abstract_syntax, SOP_CLASS_NOT_SUPPORTED,
+                    msg.AffectedSOPClassUID)
 
     def _count(self, event: evt.Event, what: str) -> None:
-        counts = self._counts.get(event.assoc)
-        if counts is not None:
-            counts[what] += 1
+        st = self._assocs.get(event.assoc)
+        if st is not None:
+            st.counts[what] += 1
+
+    # -- a data set announced and never sent -------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.25):
+            for server in (self.server, self.tls_server):
+                for assoc in (server.active_associations if server is not None else []):
+                    try:
+                        self._complete_missing_data_set(assoc)
+                    except Exception:  # noqa: BLE001 - the watchdog must keep watching
+                        log.exception("data set watchdog failed for one association")
+
+    def _complete_missing_data_set(self, assoc: Association) -> None:
+        """Complete, as empty, a request whose announced data set has not begun to arrive
+        after :attr:`announced_data_set_wait` s of silence from the peer.
+
+        The empty last data fragment (PS3.8 E.2, message control header 0x02) is queued on
+        the DUL as if received, so pynetdicom's own thread completes the message and the
+        ordinary handler answers it (0xA900 for a C-STORE)."""
+        st = self._assocs.get(assoc)
+        msg = assoc.dimse.message
+        waiting = (st is not None and msg is not None and type(msg) is not DIMSEMessage
+                   and msg.command_set.get("CommandDataSetType", 0x0101) != 0x0101
+                   and msg.data_set is not None and msg.data_set.tell() == 0
+                   and getattr(msg, "_data_set_file", None) is None)
+        if st is None:
+            return
+        if not waiting:
+            st.waiting = None
+            return
+        now = time.monotonic()
+        if st.waiting is None or st.waiting[0] is not msg:
+            st.waiting = (msg, now, False)
+            return
+        _, since, completed = st.waiting
+        wait = self.announced_data_set_wait
+        if completed or now - since < wait or _peer_silent_for(assoc) < wait:
+            return
+        if not assoc.is_established or assoc.dul.state_machine.current_state != "Sta6":
+            return
+        st.waiting = (msg, since, True)
+        log.warning("%s from %s announced a data set and sent none for %.1f s; answering it "
+                    "as an empty data set", type(msg).__name__.replace("_", "-"), st.calling,
+                    now - since)
+        last = P_DATA()
+        last.presentation_data_value_list.append([int(msg.context_id), b"\x02"])
+        assoc.dul._recv_pdu.put(P_DATA_TF(last))
+        assoc.dul.event_queue.put("Evt10")  # P-DATA-TF received: DT-2, on the DUL thread
 
     # -- DIMSE services -----------------------------------------------------------------
 
@@ -359,7 +734,13 @@ class DicomSCP:
         sop_class = str(req.AffectedSOPClassUID)
         sop_inst = str(req.AffectedSOPInstanceUID)
         tsuid = str(event.context.transfer_syntax)
-        calling = event.assoc.requestor.ae_title
+        st = self._state(event.assoc)
+        calling = st.calling
+        if not st.may("store"):
+            st.counts["refused"] += 1
+            log.warning("C-STORE %s from %s refused (0x%04X): no store right", sop_inst,
+                        calling, NOT_AUTHORISED)
+            return _status(NOT_AUTHORISED, f"{calling} may not store to this AE")
         try:
             with req.DataSet.getbuffer() as data:
                 failure = self._check_identity(data, tsuid, sop_class, sop_inst)
@@ -386,6 +767,11 @@ class DicomSCP:
             log.exception("C-STORE %s from %s failed", sop_inst, calling)
             return _status(0x0110, f"processing failure: {type(exc).__name__}")
         self._count(event, "stored" if stored.created else "identical")
+        if stored.study_uid not in st.studies:
+            if len(st.studies) < AUDIT_MAX_STUDIES:
+                st.studies[stored.study_uid] = None
+            else:
+                st.studies_truncated = True
         log.debug("C-STORE %s from %s stored (%s)", sop_inst, calling,
                   "new" if stored.created else "identical copy already stored")
         return 0x0000
@@ -394,14 +780,19 @@ class DicomSCP:
     def _check_identity(data: memoryview, tsuid: str, sop_class: str,
                         sop_inst: str) -> Dataset | None:
         """PS3.7 9.1.1.1: the data set's SOP Class/Instance UIDs are the request's affected
-        ones. A data set without them, or with others, is refused with 0xA900."""
+        ones. A data set with others, or none at all, is refused with 0xA900 (PS3.4 B.2.3: the
+        data set does not match the SOP class); one without them goes on to the store's
+        validation, which refuses it as it refuses the same data set over STOW-RS."""
+        if len(data) == 0:
+            return _status(0xA900, "the data set is empty")
         try:
             ds_class, ds_inst = dataset_identity(data, tsuid)
         except Exception as exc:  # noqa: BLE001 - any parse failure: cannot understand
             return _status(0xC000, f"data set not readable: {exc}")
         if not ds_class or not ds_inst:
-            missing = "SOPClassUID" if not ds_class else "SOPInstanceUID"
-            return _status(0xA900, f"the data set has no {missing}")
+            # missing, or the data set ends before them: the store's one validation tells
+            # which (0xA900 or 0xC000), as it does for STOW-RS
+            return None
         if ds_class != sop_class:
             return _status(0xA900, "SOPClassUID differs from Affected SOP Class UID")
         if ds_inst != sop_inst:
@@ -409,29 +800,76 @@ class DicomSCP:
         return None
 
     def on_c_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        self._count(event, "find")
+        st = self._state(event.assoc)
+        st.counts["find"] += 1
         model = str(event.request.AffectedSOPClassUID)
+        record: dict[str, Any] = {
+            "association": st.id, "calling_ae": st.calling,
+            "model": "patient" if model == PatientRootQueryRetrieveInformationModelFind
+            else "study", "level": "", "keys": [], "matches": 0}
+
+        def audited(outcome: str, status: int) -> None:
+            self._audit(st.actor, "dicom.find", "dicom_query", st.id, outcome,
+                        record | {"status": f"0x{status:04X}"})
+
+        failure: tuple[int, str] | None = None
         try:
-            level, q, return_keys, unsupported = identifier_to_query(event.identifier, model)
+            identifier = event.identifier
+            record["level"] = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+            level, q, return_keys, unsupported = identifier_to_query(identifier, model)
+            record["keys"], record["ignored_keys"] = sorted(q.filters), sorted(unsupported)
+        except query.QueryError as exc:
+            failure = (FIND_IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an identifier that does not decode
+            failure = (FIND_UNABLE_TO_PROCESS, f"unable to process: {type(exc).__name__}")
+        if not st.may("query"):
+            log.warning("C-FIND from %s refused (0x%04X): no query right", st.calling,
+                        NOT_AUTHORISED)
+            audited("refused", NOT_AUTHORISED)
+            yield _status(NOT_AUTHORISED, f"{st.calling} may not query this AE"), None
+            return
+        if failure is not None:
+            log.info("C-FIND from %s refused (0x%04X): %s", st.calling, *failure)
+            audited("failure", failure[0])
+            yield _status(*failure), None
+            return
+        try:
             with self.sessions() as session:
                 matches = query.search(session, q)
         except query.QueryError as exc:
-            log.info("C-FIND from %s refused: %s", event.assoc.requestor.ae_title, exc)
+            log.info("C-FIND from %s refused: %s", st.calling, exc)
+            audited("failure", FIND_IDENTIFIER_DOES_NOT_MATCH)
             yield _status(FIND_IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
             return
         except Exception as exc:  # noqa: BLE001 - e.g. the database is down
-            log.exception("C-FIND from %s failed", event.assoc.requestor.ae_title)
+            log.exception("C-FIND from %s failed", st.calling)
+            audited("failure", FIND_UNABLE_TO_PROCESS)
             yield _status(FIND_UNABLE_TO_PROCESS, f"unable to process: {type(exc).__name__}"), None
             return
         if level == "PATIENT":
             matches = _patients(matches)
         pending = FIND_PENDING_OPTIONAL_KEYS_UNSUPPORTED if unsupported else FIND_PENDING
-        for match in matches:
+        for n, match in enumerate(matches):
             if event.is_cancelled:
+                record["matches"] = n
+                audited("cancelled", FIND_CANCELLED)
                 yield FIND_CANCELLED, None
                 return
             yield pending, match_to_identifier(match, level, return_keys, self.settings.ae_title)
+        record["matches"] = len(matches)
+        audited("success", 0x0000)
         # pynetdicom sends the final 0x0000 Success response after the last pending one.
+
+
+def _peer_silent_for(assoc: Association) -> float:
+    """Seconds since the peer last sent data on this connection (Linux TCP_INFO
+    tcpi_last_data_recv); infinity where the platform cannot tell."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)  # type: ignore
+        return struct.unpack_from("=I", info, 52)[0] / 1000.0
+    except (AttributeError, OSError, struct.error):
+        return float("inf")
 
 
 def _raw_socket(event: evt.Event) -> socket.socket | None:

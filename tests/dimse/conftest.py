@@ -71,8 +71,25 @@ def split_part10(path: Path) -> tuple[pydicom.Dataset, bytes]:
         return meta, fp.read()
 
 
-def _start(settings: Settings) -> Iterator[RunningSCP]:
+# The calling AE titles the tests use (pynetdicom's and dcmtk's defaults among them); the
+# shared fixtures register them as peers from 127.0.0.1 with store and query rights.
+TEST_PEERS = ("PYSCU", "STORESCU", "FINDSCU", "ECHOSCU", "CORPUS")
+
+
+def register_peers(settings: Settings, *ae_titles: str, host: str = "127.0.0.1",
+                   can_store: bool = True, can_query: bool = True) -> None:
+    from app.db.session import session_scope
+    from app.dicom import peers
+
+    with session_scope(settings.db_url) as session:
+        for ae in ae_titles:
+            peers.create(session, ae, "test", host=host, can_store=can_store,
+                         can_query=can_query)
+
+
+def _start(settings: Settings, peers: tuple[str, ...] = TEST_PEERS) -> Iterator[RunningSCP]:
     settings = settings.model_copy(update={"dicom_host": "127.0.0.1", "dicom_port": free_port()})
+    register_peers(settings, *peers)
     scp = DicomSCP(settings)
     scp.start()
     try:

@@ -259,24 +259,16 @@ def test_c_find_with_a_bad_identifier_answers_a900(find_scp):
         assert [s for s, _ in rsps] == [0xA900], keys
 
 
-# -------------------------------------------------------------------------------- allow-list
+# -------------------------------------------------------------------------------- known peers
 
 @pytest.fixture
-def guarded_scp(monkeypatch, tmp_path) -> Iterator[RunningSCP]:
-    from app.config import get_settings
-    from app.db import migrate
-    from app.db.session import dispose_engines
-    from tests.conftest import configure_env
+def guarded_scp(sqlite_medgate) -> Iterator[RunningSCP]:
     from tests.dimse.conftest import _start
 
-    configure_env(monkeypatch, tmp_path / "var", None, dicom_allowed_aets="GOODSCU")
-    migrate.upgrade()
-    assert get_settings().dicom_allowed_aets == ["GOODSCU"]
-    yield from _start(get_settings())
-    dispose_engines()
+    yield from _start(sqlite_medgate, peers=("GOODSCU",))
 
 
-def test_allow_list_rejects_an_unknown_calling_ae_and_stores_nothing(guarded_scp):
+def test_an_unknown_calling_ae_is_rejected_and_stores_nothing(guarded_scp):
     received = []
     ct = PYDICOM_FILES / "CT_small.dcm"
     assoc = associate(guarded_scp, contexts_for([ct]), aet="BADSCU",
@@ -297,12 +289,16 @@ def test_allow_list_rejects_an_unknown_calling_ae_and_stores_nothing(guarded_scp
 
 # -------------------------------------------------------------------------------- service
 
-def test_start_scp_listens_until_stopped_and_is_a_no_op_when_disabled(sqlite_medgate):
+def test_start_scp_listens_until_stopped_and_is_a_no_op_when_disabled(sqlite_medgate, caplog):
     from tests.dimse.conftest import free_port
 
+    # accept-any (explicit, for demos) lets an unregistered AE in, with a warning at start
     settings = sqlite_medgate.model_copy(update={"dicom_host": "127.0.0.1",
-                                                 "dicom_port": free_port()})
+                                                 "dicom_port": free_port(),
+                                                 "dicom_accept_any_peer": True})
     stop = scp_module.start_scp(settings)
+    assert any(r.levelname == "WARNING" and "ACCEPT_ANY_PEER" in r.getMessage()
+               for r in caplog.records)
     running = RunningSCP(settings, None)  # type: ignore[arg-type]
     assoc = associate(running, [build_context(Verification)])
     assert assoc.is_established and assoc.send_c_echo().Status == 0

@@ -143,10 +143,11 @@ def test_study_sent_by_c_store_becomes_a_draft(setup, api, auth, worker_factory)
     from app.config import get_settings
     from app.dicom.scp import DicomSCP
     from tests.conftest import tool
-    from tests.dimse.conftest import free_port
+    from tests.dimse.conftest import free_port, register_peers
 
     settings = get_settings().model_copy(update={"dicom_host": "127.0.0.1",
                                                  "dicom_port": free_port()})
+    register_peers(settings, "MODALITY", can_query=False)
     scp = DicomSCP(settings)
     scp.start()
     try:
