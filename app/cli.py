@@ -4,6 +4,7 @@ ingest, dicom-scp)."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -27,6 +28,9 @@ models_app = typer.Typer(help="Model versions: register, activate, list; inspect
 app.add_typer(models_app, name="models")
 store_app = typer.Typer(help="The DICOM file store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+peers_app = typer.Typer(help="Known DICOM peers: who may associate with the SCP, from where, "
+                        "and whether they may store, query and retrieve.", no_args_is_help=True)
+app.add_typer(peers_app, name="peers")
 console = Console(stderr=True)
 
 
@@ -44,6 +48,8 @@ def serve(host: Annotated[str, typer.Option()] = "",
     s.ensure_dirs()
     if migrate:
         migrations.upgrade()
+    if host and not os.environ.get("MEDGATE_DICOM_HOST"):
+        s.dicom_host = host  # the SCP listens where HTTP does unless told otherwise
     host = host or s.http_host
     port = port or s.http_port
     console.print(f"MedGate on http://{host}:{port}  (data: {s.data_dir.resolve()}, "
@@ -99,19 +105,26 @@ def db_current() -> None:
 
 @keys_app.command("create")
 def keys_create(role: Annotated[str, typer.Option(help="pacs, clinician or admin")],
-                name: Annotated[str, typer.Option()]) -> None:
+                name: Annotated[str, typer.Option()],
+                person: Annotated[str, typer.Option(
+                    help="the person the key belongs to, as signatures name them "
+                         "(required for clinician keys)")] = "",
+                person_id: Annotated[str, typer.Option(
+                    help="that person's identifier at the site (staff, GMC or NPI "
+                         "number)")] = "") -> None:
     """Create a key. The key is printed once, on its own line; only its hash is kept."""
     from app.db.session import session_scope
     from app.security.keys import ApiKeyError, create_key
 
     try:
         with session_scope() as session:
-            row, key = create_key(session, role, name)
+            row, key = create_key(session, role, name, person_name=person, person_id=person_id)
             key_id = row.id
     except ApiKeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"created key {key_id} ({role}, {name}); it is shown only now:")
+    owner = f", {person.strip()}" if person.strip() else ""
+    console.print(f"created key {key_id} ({role}, {name}{owner}); it is shown only now:")
     typer.echo(key)
 
 
@@ -121,12 +134,16 @@ def keys_list() -> None:
     from app.db.session import session_scope
     from app.security.keys import list_keys
 
-    table = Table("id", "name", "role", "prefix", "created", "revoked")
+    table = Table("id", "name", "role", "person", "prefix", "created", "revoked")
     with session_scope() as session:
         for k in list_keys(session):
-            table.add_row(str(k.id), k.name, k.role, k.prefix, f"{k.created_at:%Y-%m-%d %H:%M}",
+            person = f"{k.person_name} ({k.person_id})" if k.person_id else k.person_name
+            table.add_row(str(k.id), k.name, k.role, person, k.prefix,
+                          f"{k.created_at:%Y-%m-%d %H:%M}",
                           f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-    Console().print(table)
+    out = Console()
+    # piped (grep, scripts): one line per key, never wrapped to an assumed 80 columns
+    (out if out.is_terminal else Console(width=200)).print(table)
 
 
 @keys_app.command("revoke")
@@ -142,6 +159,85 @@ def keys_revoke(key_id: int) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"revoked key {key_id}")
+
+
+def _peer_call(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - the peers commands share it
+    from app.db.session import session_scope
+    from app.dicom.peers import PeerError, to_dict
+
+    try:
+        with session_scope() as session:
+            out = fn(session, *args, **kwargs)
+            return to_dict(out) if not isinstance(out, dict) else out
+    except PeerError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _rights(p: dict) -> str:
+    return ",".join(r for r in ("store", "query", "retrieve") if p[f"can_{r}"]) or "-"
+
+
+@peers_app.command("list")
+def peers_list() -> None:
+    """List the known peers and their rights."""
+    from app.db.session import session_scope
+    from app.dicom.peers import list_peers, to_dict
+
+    table = Table("AE title", "host", "port", "rights", "description")
+    with session_scope() as session:
+        for p in map(to_dict, list_peers(session)):
+            table.add_row(p["ae_title"], p["host"] or "(any)", str(p["port"] or ""),
+                          _rights(p), p["description"])
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+@peers_app.command("add")
+def peers_add(ae_title: Annotated[str, typer.Argument(help="the peer's calling AE title")],
+              host: Annotated[str, typer.Option(help="address, network (CIDR) or name it "
+                                                "connects from; empty: any")] = "",
+              port: Annotated[int | None, typer.Option(help="its own SCP port")] = None,
+              store: Annotated[bool, typer.Option("--store", help="may C-STORE")] = False,
+              query: Annotated[bool, typer.Option("--query", help="may C-FIND")] = False,
+              retrieve: Annotated[bool, typer.Option("--retrieve", help="may retrieve")
+                                  ] = False,
+              description: Annotated[str, typer.Option()] = "") -> None:
+    """Register a peer; its next association is accepted."""
+    from app.dicom.peers import create
+
+    p = _peer_call(create, ae_title, "cli", host=host, port=port, can_store=store,
+                   can_query=query, can_retrieve=retrieve, description=description)
+    console.print(f"added peer {p['ae_title']} (host {p['host'] or 'any'}, rights {_rights(p)})")
+
+
+@peers_app.command("update")
+def peers_update(ae_title: Annotated[str, typer.Argument()],
+                 host: Annotated[str | None, typer.Option()] = None,
+                 port: Annotated[int | None, typer.Option()] = None,
+                 store: Annotated[bool | None, typer.Option("--store/--no-store")] = None,
+                 query: Annotated[bool | None, typer.Option("--query/--no-query")] = None,
+                 retrieve: Annotated[bool | None, typer.Option("--retrieve/--no-retrieve")
+                                     ] = None,
+                 description: Annotated[str | None, typer.Option()] = None) -> None:
+    """Change a peer's host, port, rights or description (only the options given)."""
+    from app.dicom.peers import update
+
+    changes = {k: v for k, v in {"host": host, "port": port, "can_store": store,
+                                 "can_query": query, "can_retrieve": retrieve,
+                                 "description": description}.items() if v is not None}
+    p = _peer_call(update, ae_title, "cli", **changes)
+    console.print(f"updated peer {p['ae_title']} (host {p['host'] or 'any'}, "
+                  f"rights {_rights(p)})")
+
+
+@peers_app.command("remove")
+def peers_remove(ae_title: Annotated[str, typer.Argument()]) -> None:
+    """Forget a peer; its next association is rejected."""
+    from app.dicom.peers import delete
+
+    p = _peer_call(delete, ae_title, "cli")
+    console.print(f"removed peer {p['ae_title']}")
 
 
 @app.command()

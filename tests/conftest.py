@@ -152,7 +152,8 @@ def keys(medgate) -> dict[str, str]:
     out = {}
     with session_scope() as session:
         for role in ("pacs", "clinician", "admin"):
-            _, key = create_key(session, role, f"test-{role}")
+            person = "Dr Test Clinician" if role == "clinician" else ""
+            _, key = create_key(session, role, f"test-{role}", person_name=person)
             out[role] = {"Authorization": f"Bearer {key}"}
     return out
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app.api.deps import ADMIN, Offset, RowId, get_session, require
+from app.api.openapi import problems
 from app.api.problems import Problem
 from app.pipeline import routes_store
 from app.pipeline.routing import RuleError
@@ -21,10 +22,14 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 class KeyCreate(BaseModel):
     role: str
     name: str
+    # whom the key belongs to: required for a clinician key (signatures record the person)
+    person_name: str = ""
+    person_id: str = ""
 
 
 def _key_dict(k) -> dict:  # noqa: ANN001
     return {"id": k.id, "name": k.name, "role": k.role, "prefix": k.prefix,
+            "person_name": k.person_name, "person_id": k.person_id,
             "created_at": k.created_at.isoformat() if k.created_at else None,
             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
 
@@ -35,11 +40,12 @@ def keys_list(p: Principal = Depends(require(*ADMIN)),
     return {"keys": [_key_dict(k) for k in list_keys(session)]}
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=problems(422))
 def keys_create(body: KeyCreate, p: Principal = Depends(require(*ADMIN)),
                 session: Session = Depends(get_session)) -> dict:
     try:
-        row, key = create_key(session, body.role, body.name, actor=p.actor)
+        row, key = create_key(session, body.role, body.name, actor=p.actor,
+                              person_name=body.person_name, person_id=body.person_id)
     except ApiKeyError as exc:
         raise Problem(422, "invalid-key-request", str(exc)) from exc
     session.commit()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from app.api.deps import get_session, require
+from app.api.openapi import problems
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.session import session_factory
@@ -27,6 +28,10 @@ from app.dicom.query import QueryError
 from app.security import audit
 from app.security.keys import Principal
 
+# PS3.18 10.5.3: 202 some stored; 400 and 409 nothing stored (a Store response naming each
+# failure, or a problem for a body refused whole); 406, 413, 415 problems
+STOW_RESPONSES = {**problems(400, 406, 409, 413, 415),
+                  202: {"description": "Some instances stored, some refused"}}
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 WRITE = require("pacs")
 READ = require("pacs", "clinician")
@@ -79,8 +84,10 @@ def _receive_and_store(request: Request, study: str | None, limit: int) -> stow.
     """Runs in a worker thread: the body is pulled from the event loop chunk by chunk."""
     chunks = _body_chunks(request)
     try:
-        return stow.stow(session_factory(get_settings().db_url), chunks,
-                         request.headers.get("content-type"), limit, _base_url(request), study)
+        settings = get_settings()
+        return stow.stow(session_factory(settings.db_url), chunks,
+                         request.headers.get("content-type"), limit, _base_url(request), study,
+                         max_parts=settings.max_parts_per_request)
     finally:
         chunks.close()
 
@@ -113,14 +120,14 @@ async def _stow(request: Request, p: Principal, session: Session,
     return JSONResponse(result.body, status_code=result.status, media_type=DICOM_JSON)
 
 
-@router.post("/studies")
+@router.post("/studies", responses=STOW_RESPONSES)
 async def store_instances(request: Request, p: Principal = Depends(WRITE),
                           session: Session = Depends(get_session)) -> Response:
     """STOW-RS: store the Part 10 instances of a multipart/related body."""
     return await _stow(request, p, session, None)
 
 
-@router.post("/studies/{study}")
+@router.post("/studies/{study}", responses=STOW_RESPONSES)
 async def store_study_instances(study: str, request: Request, p: Principal = Depends(WRITE),
                                 session: Session = Depends(get_session)) -> Response:
     """STOW-RS to one study: instances of another study fail with 0xA900."""
@@ -150,37 +157,37 @@ def _search(request: Request, p: Principal, session: Session, level: str,
     return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
 
 
-@router.get("/studies")
+@router.get("/studies", responses=problems(400, 406))
 def search_studies(request: Request, p: Principal = Depends(READ),
                    session: Session = Depends(get_session)) -> Response:
     return _search(request, p, session, "STUDY")
 
 
-@router.get("/series")
+@router.get("/series", responses=problems(400, 406))
 def search_all_series(request: Request, p: Principal = Depends(READ),
                       session: Session = Depends(get_session)) -> Response:
     return _search(request, p, session, "SERIES")
 
 
-@router.get("/instances")
+@router.get("/instances", responses=problems(400, 406))
 def search_all_instances(request: Request, p: Principal = Depends(READ),
                          session: Session = Depends(get_session)) -> Response:
     return _search(request, p, session, "INSTANCE")
 
 
-@router.get("/studies/{study}/series")
+@router.get("/studies/{study}/series", responses=problems(400, 406))
 def search_series(study: str, request: Request, p: Principal = Depends(READ),
                   session: Session = Depends(get_session)) -> Response:
     return _search(request, p, session, "SERIES", study)
 
 
-@router.get("/studies/{study}/instances")
+@router.get("/studies/{study}/instances", responses=problems(400, 406))
 def search_study_instances(study: str, request: Request, p: Principal = Depends(READ),
                            session: Session = Depends(get_session)) -> Response:
     return _search(request, p, session, "INSTANCE", study)
 
 
-@router.get("/studies/{study}/series/{series}/instances")
+@router.get("/studies/{study}/series/{series}/instances", responses=problems(400, 406))
 def search_series_instances(study: str, series: str, request: Request,
                             p: Principal = Depends(READ),
                             session: Session = Depends(get_session)) -> Response:
@@ -229,45 +236,47 @@ def _metadata(request: Request, p: Principal, session: Session, study: str,
                              media_type=DICOM_JSON)
 
 
-@router.get("/studies/{study}")
+@router.get("/studies/{study}", responses=problems(406))
 def retrieve_study(study: str, request: Request, p: Principal = Depends(READ),
                    session: Session = Depends(get_session)) -> Response:
     return _retrieve(request, p, session, study)
 
 
-@router.get("/studies/{study}/series/{series}")
+@router.get("/studies/{study}/series/{series}", responses=problems(406))
 def retrieve_series(study: str, series: str, request: Request, p: Principal = Depends(READ),
                     session: Session = Depends(get_session)) -> Response:
     return _retrieve(request, p, session, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}")
+@router.get("/studies/{study}/series/{series}/instances/{sop}", responses=problems(406))
 def retrieve_instance(study: str, series: str, sop: str, request: Request,
                       p: Principal = Depends(READ),
                       session: Session = Depends(get_session)) -> Response:
     return _retrieve(request, p, session, study, series, sop)
 
 
-@router.get("/studies/{study}/metadata")
+@router.get("/studies/{study}/metadata", responses=problems(406))
 def study_metadata(study: str, request: Request, p: Principal = Depends(READ),
                    session: Session = Depends(get_session)) -> Response:
     return _metadata(request, p, session, study)
 
 
-@router.get("/studies/{study}/series/{series}/metadata")
+@router.get("/studies/{study}/series/{series}/metadata", responses=problems(406))
 def series_metadata(study: str, series: str, request: Request, p: Principal = Depends(READ),
                     session: Session = Depends(get_session)) -> Response:
     return _metadata(request, p, session, study, series)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata",
+            responses=problems(406))
 def instance_metadata(study: str, series: str, sop: str, request: Request,
                       p: Principal = Depends(READ),
                       session: Session = Depends(get_session)) -> Response:
     return _metadata(request, p, session, study, series, sop)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}")
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}",
+            responses=problems(422))
 def instance_bulkdata(study: str, series: str, sop: str, tag_path: str, request: Request,
                       p: Principal = Depends(READ),
                       session: Session = Depends(get_session)) -> Response:
@@ -277,6 +286,8 @@ def instance_bulkdata(study: str, series: str, sop: str, tag_path: str, request:
         bulk = wado.bulkdata(refs[0], tag_path)
     except wado.NotFound as exc:
         raise Problem(404, "not-found", str(exc)) from exc
+    except wado.Unframeable as exc:
+        raise Problem(422, "unframeable-pixel-data", str(exc)) from exc
     _audit(session, p, "dicomweb.bulkdata", "instance", sop, element=tag_path)
     boundary = new_boundary()
     return StreamingResponse(write_parts(bulk.parts, boundary),

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import require
+from app.api.openapi import problems
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.session import session_factory
@@ -22,7 +23,7 @@ def _chunks(upload: UploadFile):  # noqa: ANN202 - a generator of bytes
         yield chunk
 
 
-@router.post("/ecg", status_code=201)
+@router.post("/ecg", status_code=201, responses=problems(409, 413))
 async def upload_ecg(header: UploadFile = File(..., description="the WFDB .hea file"),
                      signal: list[UploadFile] = File(
                          ..., description="the signal file(s) the header names (.dat, .mat)"),

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from app import metrics as prom
+from app.api.openapi import problems
 from app.api.problems import problem_response
 from app.readiness import check_all
 
@@ -17,7 +18,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problems(503))
 def readyz() -> Response:
     checks = check_all()
     failed = [name for name, c in checks.items() if not c["ok"]]

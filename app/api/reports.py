@@ -1,5 +1,6 @@
 """Reports: the worklist, one report with its evidence and versions, and the clinician's
-actions (edit, sign, amend, correct, withdraw). Every write needs the ETag it was based on."""
+actions (edit, sign, amend, correct, withdraw, cancel; adopt or dismiss a proposed AI draft).
+Every write needs the ETag it was based on (``*`` only for a report with no version yet)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app.api.deps import Offset, RowId, get_session, require
+from app.api.openapi import problems
 from app.api.problems import Problem
 from app.db.models import Report, Study
 from app.dicom.studies import timeline
@@ -19,6 +21,9 @@ from app.security import audit
 from app.security.keys import Principal
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
+# every write: 409 illegal transition (or a key without a person), 412 stale ETag, 428 no
+# If-Match, 422 an edit or reason that cannot apply
+ACTION_PROBLEMS = problems(409, 412, 428)
 CLINICIAN = ("clinician",)
 
 
@@ -100,7 +105,8 @@ def _act(session: Session, report_id: int, p: Principal, action: str, if_match: 
             428, "precondition-required", "send the report's ETag in If-Match")
     else:
         try:
-            service.apply(session, report, action, p.actor, if_match, sections, reason)
+            service.apply(session, report, action, p.author, if_match, sections, reason,
+                          person=p.person)
         except service.StaleETag as exc:
             outcome, problem = "stale", Problem(
                 412, "precondition-failed", str(exc), current_etag=exc.current)
@@ -109,6 +115,8 @@ def _act(session: Session, report_id: int, p: Principal, action: str, if_match: 
                 409, "illegal-transition", str(exc), state=exc.state, allowed=exc.allowed)
         except service.ReportInputError as exc:
             outcome, problem = "invalid", Problem(422, "validation-error", str(exc))
+        except service.SignerUnknown as exc:
+            outcome, problem = "refused", Problem(409, "key-without-person", str(exc))
     if problem is not None:
         session.rollback()
         audit.record(session, p.actor, f"report.{action}", "report", str(report_id),
@@ -131,7 +139,7 @@ def _index_case(report: Report) -> None:
 
     from app.rag.cases import add_case
 
-    text = " ".join(t for t in report.versions[-1].sections.values() if t)
+    text = " ".join(t for t in service.current(report).sections.values() if t)
     domain, report_id = report.domain, str(report.id)
 
     def run() -> None:
@@ -144,7 +152,7 @@ def _index_case(report: Report) -> None:
         threading.Thread(target=run, name=f"case-index-{report_id}", daemon=True).start()
 
 
-@router.patch("/{report_id}")
+@router.patch("/{report_id}", responses=ACTION_PROBLEMS)
 def edit(report_id: RowId, body: EditBody, response: Response,
          if_match: str | None = Header(None), p: Principal = Depends(require(*CLINICIAN)),
          session: Session = Depends(get_session)) -> dict:
@@ -165,7 +173,9 @@ def _action_route(action: str):  # noqa: ANN202 - a route handler
 
 
 # cancel: the study is not to be reported (wrong patient, duplicate order) before signing;
-# withdraw: the report was entered in error, also after signing.
-for _action in ("sign", "amend", "correct", "withdraw", "cancel"):
+# withdraw: the report was entered in error, also after signing;
+# adopt / dismiss: a proposed AI draft (new images since the clinician's edit) becomes the
+# current text (state draft), or is set aside and the clinician's text stays (state edited).
+for _action in ("sign", "amend", "correct", "withdraw", "cancel", "adopt", "dismiss"):
     router.add_api_route(f"/{{report_id}}/{_action}", _action_route(_action), methods=["POST"],
-                         name=f"report_{_action}")
+                         name=f"report_{_action}", responses=ACTION_PROBLEMS)

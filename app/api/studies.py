@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
 from app.api.deps import Offset, get_session, require
+from app.api.openapi import problems
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.session import session_factory
@@ -77,7 +78,7 @@ def complete(study_uid: str, p: Principal = Depends(require(*READERS)),
     return body
 
 
-@router.post("/{study_uid}/reanalyze", status_code=202)
+@router.post("/{study_uid}/reanalyze", status_code=202, responses=problems(409))
 def reanalyze(study_uid: str, p: Principal = Depends(require("clinician")),
               session: Session = Depends(get_session)) -> dict:
     """Analyse the study's current instances again, even when an identical job failed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require
+from app.api.openapi import problems
 from app.security.keys import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["system"])
@@ -12,10 +13,10 @@ router = APIRouter(prefix="/api/v1", tags=["system"])
 
 @router.get("/whoami")
 def whoami(p: Principal = Depends(require("pacs", "clinician", "admin"))) -> dict:
-    return {"key_id": p.key_id, "name": p.name, "role": p.role}
+    return {"key_id": p.key_id, "name": p.name, "role": p.role, "person": p.person}
 
 
-@router.post("/admin/ping")
+@router.post("/admin/ping", responses=problems(503))
 def ping(timeout: float = 10.0, p: Principal = Depends(require("admin"))) -> dict:
     """Send the ping task and wait for a worker's answer (admin; proves broker and worker)."""
     from app.api.problems import Problem

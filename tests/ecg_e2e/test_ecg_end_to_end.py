@@ -26,7 +26,8 @@ def ecg_env(monkeypatch, tmp_path):
     configure_env(monkeypatch, tmp_path / "var", f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade()
     with session_scope() as s:
-        keys = {r: {"Authorization": f"Bearer {create_key(s, r, r)[1]}"}
+        keys = {r: {"Authorization":
+                    f"Bearer {create_key(s, r, r, person_name='Dr Test')[1]}"}
                 for r in ("pacs", "clinician", "admin")}
     with TestClient(create_app()) as c:
         yield c, keys

@@ -51,7 +51,8 @@ def test_health_routes_need_no_key(client, path):
 
 def test_revoked_key_gets_401(client, keys):
     admin = keys["admin"]
-    created = client.post("/api/v1/admin/keys", json={"role": "clinician", "name": "temp"},
+    created = client.post("/api/v1/admin/keys", json={"role": "clinician", "name": "temp",
+                                                        "person_name": "Dr Temp"},
                           headers=admin)
     assert created.status_code == 201
     body = created.json()

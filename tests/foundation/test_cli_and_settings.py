@@ -32,7 +32,8 @@ def test_per_domain_stable_seconds(monkeypatch):
 
 def test_keys_cli_create_list_revoke(medgate):
     env = dict(os.environ)
-    created = run_cli("keys", "create", "--role", "clinician", "--name", "dr-who", env=env)
+    created = run_cli("keys", "create", "--role", "clinician", "--name", "dr-who",
+                      "--person", "Dr Who", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("mg_") and len(key) > 40 and created.stdout.strip() == key

@@ -22,7 +22,8 @@ def kb_client(monkeypatch, tmp_path):
     reset()
     migrate.upgrade()
     with session_scope() as s:
-        keys = {r: {"Authorization": f"Bearer {create_key(s, r, r)[1]}"}
+        keys = {r: {"Authorization":
+                    f"Bearer {create_key(s, r, r, person_name='Dr Test')[1]}"}
                 for r in ("pacs", "clinician")}
     with TestClient(create_app()) as c:
         yield c, keys
