@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydicom.uid import generate_uid
 
+from tests.badinput.corpus import deflate_bomb
 from tests.dicomweb.conftest import (
     make_instance,
     multipart,
@@ -88,34 +89,6 @@ def test_an_instance_refused_for_a_series_conflict_leaves_no_rows(client, keys, 
     assert found.status_code in (200, 204) and not (found.content and found.json())
 
 
-def _deflate_bomb(inflated: int) -> bytes:
-    """A Part 10 file whose Deflated Explicit VR Little Endian data set is ``inflated`` bytes of
-    one OB element, compressed in a stream (a few KB on disk)."""
-    import io
-    import struct
-    import zlib
-
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    buf = io.BytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    # (0009,0010) OB with a 4-byte length, then zeros
-    buf.write(deflater.compress(struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, inflated)))
-    block = bytes(1 << 20)
-    for _ in range(inflated >> 20):
-        buf.write(deflater.compress(block))
-    buf.write(deflater.flush())
-    return buf.getvalue()
-
-
 def test_a_deflate_bomb_is_refused_while_inflating(client, keys, medgate, monkeypatch):
     from pydicom.data import get_testdata_file
 
@@ -124,7 +97,7 @@ def test_a_deflate_bomb_is_refused_while_inflating(client, keys, medgate, monkey
     assert get_settings().max_inflated_bytes == 256 * 1024**2
     monkeypatch.setenv("MEDGATE_MAX_INFLATED_BYTES", str(8 * 1024**2))
     reset_settings()
-    bomb = _deflate_bomb(64 * 1024**2)
+    bomb = deflate_bomb(64 * 1024**2)
     assert len(bomb) < 200_000
     before = row_counts()
     r = _post(client, keys["pacs"], [bomb])
