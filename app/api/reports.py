@@ -8,6 +8,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Offset, RowId, get_session, require
@@ -125,7 +126,16 @@ def _act(session: Session, report_id: int, p: Principal, action: str, if_match: 
         raise problem
     audit.record(session, p.actor, f"report.{action}", "report", str(report_id),
                  detail={"version": report.current_version, "state": report.state})
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # another writer with the same ETag committed its version number first
+        session.rollback()
+        audit.record(session, p.actor, f"report.{action}", "report", str(report_id),
+                     outcome="stale")
+        session.commit()
+        raise Problem(412, "precondition-failed", "the report changed while this was written; "
+                      "fetch it again") from None
     if action in ("sign", "amend", "correct"):
         _index_case(report)
     return _body(session, report, response)

@@ -47,3 +47,4 @@ def test_a_draft_is_cancelled_with_a_reason(client, keys):
     assert (body["state"], body["fhir_status"], body["allowed_actions"]) == (
         "cancelled", "cancelled", [])
     assert body["versions"][-1]["reason"] == "duplicate order"
+
