@@ -340,6 +340,7 @@ class TechnicalEngine:
             raw.setdefault("wfdb", []).append(
                 _wfdb(path, header, f"record{n + 1}" if len(records) > 1 else None, out))
         self._expectations(study.domain, kinds, bool(records), out)
+        _comparison(study, out, raw)
 
         raw["facts"] = out.facts
         # a plain summary for the CLI and logs; the composer writes the technique section
@@ -714,6 +715,30 @@ def _slide(members: list[_Instance], scope: str | None, out: _Collector) -> dict
                  [out.measure("optical_path_count", len(paths), "1", scope)],
                  {"optical_path": paths})
     return info
+
+
+def _date(value: Any) -> str:
+    """A DA value (YYYYMMDD) as ISO 8601, or "" when it is not a date."""
+    text = str(value or "").strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return ""
+
+
+def _comparison(study: StudyInput, out: _Collector, raw: dict[str, Any]) -> None:
+    """The prior study the platform found (same patient, same domain), stated as the comparison
+    of the technique section, with its date from its own headers."""
+    prior = study.prior
+    if prior is None:
+        return
+    meta = prior.metadata[0] if prior.metadata else {}
+    date = _date(meta.get("StudyDate"))
+    what = str(meta.get("StudyDescription") or "").strip()
+    text = (f"Comparison: prior study{f' ({what})' if what else ''} of {date}." if date
+            else f"Comparison: prior study{f' ({what})' if what else ''}, date not recorded.")
+    out.fact(text, (), {"prior_study_uid": prior.study_uid, "prior_study_date": date or None})
+    raw["prior"] = {"study_uid": prior.study_uid, "date": date or None,
+                    "description": what or None}
 
 
 @register(FAMILY)

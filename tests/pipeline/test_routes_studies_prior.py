@@ -90,6 +90,20 @@ def test_prior_is_the_same_patients_latest_earlier_study(medgate, tmp_path):
         assert data.prior is not None and data.prior.study_uid == uids[1]
         oldest = s.scalar(select(Study).where(Study.study_uid == uids[0]))
         assert study_input(s, oldest, "ct").prior is None
+        # the technique section names the comparison, with the prior's date from its headers
+        from app.reports.composer import compose
+        from models.base import ModelSpec, build
+
+        engine = build(ModelSpec(family="technical", version="1.0.0", variant="builtin"))
+        result = engine.run(data)
+        assert result.raw["prior"] == {"study_uid": uids[1], "date": "2022-01-01",
+                                       "description": ds.get("StudyDescription") or None}
+        technique = [x.text for x in compose([result]).sections["technique"]]
+        assert any(t.startswith("Comparison: prior study") and "2022-01-01" in t
+                   for t in technique), technique
+        assert "Comparison" not in " ".join(
+            x.text for x in compose([engine.run(study_input(s, oldest, "ct"))])
+            .sections["technique"])
 
 
 def test_analyze_cli_prints_the_technical_engine_result():
