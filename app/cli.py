@@ -31,6 +31,9 @@ app.add_typer(store_app, name="store")
 peers_app = typer.Typer(help="Known DICOM peers: who may associate with the SCP, from where, "
                         "and whether they may store, query and retrieve.", no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
+reports_app = typer.Typer(help="Report text tools: label report text with findings.",
+                          no_args_is_help=True)
+app.add_typer(reports_app, name="reports")
 console = Console(stderr=True)
 
 
@@ -496,6 +499,55 @@ def store_check(repair: Annotated[bool, typer.Option(
                       f"stale; {len(out.indexed)} indexed, {len(out.quarantined)} quarantined, "
                       f"{len(out.orphans)} without a row, {len(out.missing)} rows without a file")
     raise typer.Exit(0 if out.clean else 1)
+
+
+@reports_app.command("label")
+def reports_label(path: Annotated[str, typer.Argument(help="JSON Lines file of {\"id\", "
+                                                      "\"text\"}; - for standard input")],
+                  domain: Annotated[str, typer.Option(help="report domain (cxr)")] = "cxr"
+                  ) -> None:
+    """Label each line's text; print one JSON line per input line, in order:
+    {"id", "findings": [{"code", "state", "span"}]}. A line that is not a JSON object with a
+    string "text" prints {"id", "line", "error"} instead, with a message on stderr, and the
+    command exits 1 after the last line. Blank lines are skipped. Streams line by line."""
+    import json
+    import sys
+
+    from models.cxr.labeller import label
+
+    if domain != "cxr":
+        console.print(f"[red]error:[/red] no labeller for domain {domain!r} (only cxr)")
+        raise typer.Exit(2)
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    failed = 0
+    out = sys.stdout
+    with stream:
+        for n, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                item, error = None, f"not JSON ({exc.msg})"
+            else:
+                error = None if isinstance(item, dict) and isinstance(item.get("text"), str) \
+                    else 'expected a JSON object with a string "text"'
+            rid = item.get("id") if isinstance(item, dict) else None
+            if error:
+                failed += 1
+                console.print(f"line {n}: {error}")
+                out.write(json.dumps({"id": rid, "line": n, "error": error}) + "\n")
+                continue
+            findings = [lab.to_dict() for lab in label(item["text"])]
+            out.write(json.dumps({"id": rid, "findings": findings}) + "\n")
+    out.flush()
+    if failed:
+        console.print(f"{failed} line(s) could not be labelled")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, Patient, Report, ReportVersion, Study, StudyEvent, utcnow
 from app.reports.draft import SECTIONS
 from app.reports.lifecycle import FHIR_STATUS, SIGNED, allowed_actions, next_state
+from models.cxr import labeller as cxr_labeller
 
 
 class StaleETag(Exception):
@@ -61,7 +62,16 @@ PROPOSAL_REASON = "new images since your edit"
 SIGNING = ("sign", "amend", "correct")
 # Content keys that describe one version only and are never carried into the next one
 # (acceptance and the proposal history are carried, and written anew at each signature).
-_PER_VERSION = ("by", "signed_by", "proposal", "proposed")
+_PER_VERSION = ("by", "signed_by", "proposal", "proposed", "labels", "labeller")
+# The sections a signed CXR version's findings are labelled from, joined with one line break;
+# the stored spans index that joined text.
+LABELLED_SECTIONS = ("findings", "impression")
+
+
+def signed_labels(sections: dict[str, str]) -> list[dict[str, Any]]:
+    """The CXR labeller's findings for the signed text: findings + "\n" + impression."""
+    text = "\n".join(sections.get(name, "") or "" for name in LABELLED_SECTIONS)
+    return [lab.to_dict() for lab in cxr_labeller.label(text)]
 
 
 def pending_etag(report: Report) -> str:
@@ -259,6 +269,9 @@ def apply(session: Session, report: Report, action: str, actor: str, if_match: s
     if action in SIGNING:
         content["signed_by"] = person
         content["acceptance"] = _acceptance(report, new_sections)
+        if report.domain == "cxr":
+            content["labels"] = signed_labels(new_sections)
+            content["labeller"] = f"cxr-labeller@{cxr_labeller.VERSION}"
         if history:
             content["proposals"] = [{"version": n, "resolution": r}
                                     for n, r in sorted(history.items())]
