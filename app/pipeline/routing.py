@@ -248,11 +248,14 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule(name="pathology-sm", priority=90, domain="pathology", modality=("SM",),
               pipeline=("technical",)),
     RouteRule(name="cxr-chest", priority=60, domain="cxr", modality=("CR", "DX"),
-              body_part=("CHEST", "THORAX"), pipeline=("technical",)),
+              body_part=("CHEST", "THORAX"), pipeline=("technical", "promptmrg"),
+              optional=("promptmrg",)),
     RouteRule(name="cxr-description", priority=55, domain="cxr", modality=("CR", "DX"),
-              body_part=("",), description_pattern=CHEST_WORDS, pipeline=("technical",)),
+              body_part=("",), description_pattern=CHEST_WORDS,
+              pipeline=("technical", "promptmrg"), optional=("promptmrg",)),
     RouteRule(name="cxr-view", priority=50, domain="cxr", modality=("CR", "DX"),
-              body_part=("",), view_positions=CXR_VIEWS, pipeline=("technical",)),
+              body_part=("",), view_positions=CXR_VIEWS, pipeline=("technical", "promptmrg"),
+              optional=("promptmrg",)),
     RouteRule(name="ct", priority=50, domain="ct", modality=("CT",), pipeline=("technical",)),
 )
 

@@ -10,6 +10,7 @@ DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
     "technical": (TECHNICAL_VERSION, "builtin"),
     "ecg-measure": ("1.0.0", "builtin"),
     "merl": ("reference", "reference"),
+    "promptmrg": ("reference", "reference"),
 }
 
 

@@ -52,3 +52,23 @@ def test_0005_makes_merl_optional_in_the_shipped_ecg_rules_only(monkeypatch, tmp
     assert after["ecg-waveform"] == after["ecg-modality"] == [
         "technical", "ecg-measure", {"family": "merl", "required": False}]
     assert after["ct"] == ["technical"]
+
+
+def test_0007_adds_promptmrg_as_optional_to_the_shipped_cxr_rules(monkeypatch, tmp_path, db_url):
+    from app.db.session import session_scope
+    from app.pipeline import routes_store
+
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade("0007")
+    migrate.downgrade("0006")  # the chest rules as MedGate shipped them before 0007
+
+    def pipelines():
+        with session_scope() as s:
+            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
+
+    assert pipelines()["cxr-chest"] == ["technical"]
+    migrate.upgrade()
+    after = pipelines()
+    assert after["cxr-chest"] == after["cxr-description"] == after["cxr-view"] == [
+        "technical", {"family": "promptmrg", "required": False}]
+    assert after["ct"] == ["technical"]
