@@ -139,7 +139,9 @@ def compose(results: Iterable[EngineResult], knowledge: KnowledgeLookup | None =
             draft.excluded.append(_tag(result))
 
     for result in trained:
-        if result.model.family == TECHNICAL_FAMILY:
+        # the technical engine's facts, then any engine's own (which image it read)
+        if result.model.family == TECHNICAL_FAMILY or (
+                isinstance(result.raw, Mapping) and result.raw.get("facts")):
             draft.sections["technique"].extend(_technique(result))
 
     draft.sections["findings"].extend(_key_measurements(trained))

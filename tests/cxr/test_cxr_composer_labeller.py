@@ -27,3 +27,17 @@ def test_generated_cxr_sentences_are_read_by_the_labeller_and_checked():
     assert "The heart is enlarged." in findings
     assert not any("pneumothorax" in t for t in findings)
     assert any("pneumothorax" in u["text"] for u in draft.unverified)
+
+
+def test_a_trained_engine_states_in_the_technique_which_image_it_read():
+    reason = "Frontal PA image (View Position) used for report generation."
+    writer = EngineResult(
+        model=ModelInfo("promptmrg", "2024"), trained=True,
+        raw={"facts": [{"text": reason, "measurements": [],
+                        "acquisition": {"view": "PA", "image": "a.dcm"}}]})
+    technique = compose([writer]).sections["technique"]
+    assert [s.text for s in technique] == [reason]
+    assert {e.ref for e in technique[0].evidence} == {"acq:view", "acq:image"}
+    untrained = EngineResult(model=ModelInfo("promptmrg", "reference"), trained=False,
+                             raw=writer.raw)
+    assert compose([untrained]).sections["technique"] == []

@@ -366,6 +366,11 @@ class PromptMrgEngine:
             "seconds": {"diagnose": round(t1 - t0, 3), "generate": round(t2 - t1, 3)},
             "load_notes": list(self.load_notes),
         }
+        reason = getattr(selection, "reason", None)
+        if reason:
+            # which image the report was written from: a technique sentence once trained
+            raw["facts"] = [{"text": reason, "measurements": [], "acquisition": {
+                "view": raw["view"] or None, "image": path.name}}]
         return EngineResult(model=ModelInfo(FAMILY, self.spec.version, self.weights_sha256),
                             trained=self.trained, findings=findings,
                             text=[TextSection("findings", tuple(sentences))] if sentences else [],
