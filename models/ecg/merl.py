@@ -49,6 +49,7 @@ from models.ecg.signal import read_ecg
 from models.runtime.checkpoint import CheckpointLayout, describe, load_state_dict
 from models.runtime.device import resolve_device
 from models.runtime.strict import materialize_meta_buffers, strict_load
+from models.runtime.tree import merge_config
 
 FAMILY = "merl"
 PROMPTS_PATH = Path(__file__).with_name("merl_prompts.json")
@@ -97,16 +98,6 @@ def bundled_tokenizer_dir() -> Path:
     if not (path / "vocab.txt").is_file():
         raise ContractError(f"no tokenizer files under {path}")
     return path
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, val in over.items():
-        if isinstance(val, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], val)
-        else:
-            out[k] = copy.deepcopy(val)
-    return out
 
 
 def load_prompts(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -198,11 +189,11 @@ class MerlEngine:
         self.load_notes: list[str] = []
         self.weights: Path | None = None
         if spec.variant == "reference":
-            self.config = _merge(REFERENCE_CONFIG, spec.config)
+            self.config = merge_config(REFERENCE_CONFIG, spec.config)
             self.trained = False
             self.tokenizer_dir = Path(self.config.get("tokenizer_dir") or bundled_tokenizer_dir())
         elif spec.variant == "checkpoint":
-            self.config = _merge(CHECKPOINT_CONFIG, spec.config)
+            self.config = merge_config(CHECKPOINT_CONFIG, spec.config)
             self.weights = Path(str(spec.weights_path))
             if not self.weights.exists():
                 raise ContractError(f"MERL weights not found: {self.weights}")

@@ -8,11 +8,24 @@ checked against it before it is registered. Importing this module does not impor
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models.base import ContractError, _load_builtin_families
+
+
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A family's configuration: ``base`` with a version's ``over`` merged in, nested dicts key
+    by key (a version may change one width without restating the rest)."""
+    out = copy.deepcopy(base)
+    for k, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], val)
+        else:
+            out[k] = copy.deepcopy(val)
+    return out
 
 if TYPE_CHECKING:
     from torch import nn

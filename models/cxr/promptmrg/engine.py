@@ -67,11 +67,11 @@ from models.cxr.promptmrg.tree import (
     FAMILY,
     REFERENCE_CONFIG,
     STATE_TOKENS,
-    merge,
 )
 from models.runtime.checkpoint import describe, load_state_dict
 from models.runtime.device import resolve_device, resolve_dtype
 from models.runtime.strict import strict_load
+from models.runtime.tree import merge_config
 
 # The 14 CheXbert observations in the order of the first 14 label slots (CONDITIONS in the
 # authors' models/blip.py). The other 4 slots are named nowhere in the released code.
@@ -200,13 +200,13 @@ class PromptMrgEngine:
         self.weights: Path | None = None
         self.load_notes: list[str] = []
         if spec.variant == "reference":
-            self.config = merge(REFERENCE_CONFIG, spec.config)
+            self.config = merge_config(REFERENCE_CONFIG, spec.config)
             self.trained = False
             self.tokenizer_dir = (Path(self.config["tokenizer_dir"])
                                   if self.config.get("tokenizer_dir") else None)
             self.features_path = None
         elif spec.variant == "checkpoint":
-            self.config = merge(CHECKPOINT_CONFIG, spec.config)
+            self.config = merge_config(CHECKPOINT_CONFIG, spec.config)
             self.trained = True
             self.weights = Path(str(spec.weights_path))
             if not self.weights.exists():

@@ -23,7 +23,7 @@ from models.cxr.promptmrg.vocab import (  # noqa: F401 -- re-exported for the en
     STATE_TOKENS,
     reference_vocabulary,
 )
-from models.runtime.tree import TreeSpec
+from models.runtime.tree import TreeSpec, merge_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,23 +62,12 @@ REFERENCE_CONFIG: dict[str, Any] = {
 }
 
 
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` merged in, nested dicts key by key."""
-    out = copy.deepcopy(base)
-    for k, val in over.items():
-        if isinstance(val, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], val)
-        else:
-            out[k] = copy.deepcopy(val)
-    return out
-
-
 def build_promptmrg_tree(variant: str, config_name: str) -> nn.Module:
     from models.cxr.promptmrg.net import PromptMRG
 
     if variant == "checkpoint":
         return PromptMRG(CHECKPOINT_CONFIG)
-    return PromptMRG(merge(REFERENCE_CONFIG,
+    return PromptMRG(merge_config(REFERENCE_CONFIG,
                            {"text": {"vocab_size": len(reference_vocabulary())}}))
 
 
