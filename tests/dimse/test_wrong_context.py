@@ -48,6 +48,8 @@ def _associate(scp: RunningSCP) -> Association:
     ae.acse_timeout = ae.network_timeout = 10
     assoc = ae.associate(*scp.address, ae_title=scp.settings.ae_title)
     assert assoc.is_established
+    # an answer must come within this (the SCP used to leave these until its 60 s network
+    # timeout): get_msg gives (None, None) after it and the status checks fail
     assoc.dimse_timeout = 5
     return assoc
 
@@ -95,11 +97,10 @@ def _still_usable(assoc: Association, scp: RunningSCP) -> None:
                          ids=["naming-verification", "naming-ct"])
 def test_c_store_on_the_verification_context_is_refused_not_echoed(sqlite_scp, sop_class):
     assoc = _associate(sqlite_scp)
-    rsp, took = _exchange(assoc, _store_rq(sop_class, CT_BYTES),
+    rsp, _ = _exchange(assoc, _store_rq(sop_class, CT_BYTES),
                           _context_id(assoc, Verification))
     # before: a C-ECHO-RSP with 0x0000 (naming Verification) or the instance was stored
     assert isinstance(rsp, C_STORE) and rsp.Status == 0x0122, rsp
-    assert took < 2
     assert sqlite_scp.counts() == (0, 0, 0)
     _still_usable(assoc, sqlite_scp)
 
@@ -108,11 +109,10 @@ def test_c_store_on_the_verification_context_is_refused_not_echoed(sqlite_scp, s
                                        CTImageStorage], ids=["naming-find", "naming-ct"])
 def test_c_store_on_a_find_context_is_answered_at_once(sqlite_scp, sop_class):
     assoc = _associate(sqlite_scp)
-    rsp, took = _exchange(assoc, _store_rq(sop_class, CT_BYTES),
+    rsp, _ = _exchange(assoc, _store_rq(sop_class, CT_BYTES),
                           _context_id(assoc, StudyRootQueryRetrieveInformationModelFind))
     # before: an A-ABORT (naming the Find model) or the instance was stored on the Find context
     assert isinstance(rsp, C_STORE) and rsp.Status == 0x0122, rsp
-    assert took < 2
     assert sqlite_scp.counts() == (0, 0, 0)
     _still_usable(assoc, sqlite_scp)
 
@@ -137,9 +137,9 @@ def test_c_store_with_an_empty_data_set_is_answered_a900_at_once(sqlite_scp):
     cx = _context_id(assoc, CTImageStorage)
     empty_last_fragment = P_DATA()
     empty_last_fragment.presentation_data_value_list.append([cx, b"\x02"])
-    rsp, took = _exchange(assoc, _store_rq(CTImageStorage, b""), cx, empty_last_fragment)
+    rsp, _ = _exchange(assoc, _store_rq(CTImageStorage, b""), cx, empty_last_fragment)
     assert isinstance(rsp, C_STORE) and rsp.Status == 0xA900
-    assert rsp.ErrorComment == "the data set is empty" and took < 2
+    assert rsp.ErrorComment == "the data set is empty"
     assert sqlite_scp.counts() == (0, 0, 0)
     _still_usable(assoc, sqlite_scp)
 
@@ -147,9 +147,9 @@ def test_c_store_with_an_empty_data_set_is_answered_a900_at_once(sqlite_scp):
 def test_c_store_without_a_data_set_is_answered_a900_at_once(sqlite_scp):
     """Command Data Set Type 0x0101 (no data set) on a C-STORE-RQ, which must carry one."""
     assoc = _associate(sqlite_scp)
-    rsp, took = _exchange(assoc, _store_rq(CTImageStorage, None),
+    rsp, _ = _exchange(assoc, _store_rq(CTImageStorage, None),
                           _context_id(assoc, CTImageStorage))
-    assert isinstance(rsp, C_STORE) and rsp.Status == 0xA900 and took < 2
+    assert isinstance(rsp, C_STORE) and rsp.Status == 0xA900
     _still_usable(assoc, sqlite_scp)
 
 
