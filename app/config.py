@@ -80,7 +80,7 @@ class Settings(BaseSettings):
 
     @field_validator("engine_plugins", "trusted_proxies", mode="before")
     @classmethod
-    def _split_aets(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             v = v.strip()
             if v.startswith("["):

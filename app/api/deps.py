@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -16,8 +15,6 @@ from app.db.models import MAX_INT
 from app.db.session import session_factory
 from app.security import audit
 from app.security.keys import Principal, allowed, authenticate
-
-log = logging.getLogger("medgate.api.auth")
 
 # Row ids, version numbers and offsets as the database can hold them: anything larger is a 422
 # naming the limit, never an overflow in the driver.
@@ -52,19 +49,12 @@ def _principal(request: Request, session: Session) -> Principal:
 
 def _audit_refusal(request: Request, refusal: Problem, actor: str, **extra: object) -> None:
     """An ``auth.refused`` event for a 401 or 403, in a session of its own (the request's is
-    never committed). It names the actor, never the presented key; a failed write is logged
-    and the refusal goes out unchanged."""
+    never committed). It names the actor, never the presented key."""
     detail = {"status": refusal.status, "method": request.method, "path": request.url.path,
               "client": request.client.host if request.client else "",
               "reason": refusal.detail, **extra}
-    try:
-        with session_factory(get_settings().db_url)() as session:
-            audit.record(session, actor, "auth.refused", "http", request.url.path[:128],
-                         "refused", detail)
-            session.commit()
-    except Exception:  # noqa: BLE001 - the 401/403 must go out whatever happens here
-        log.exception("audit of a refused request to %s could not be written",
-                      request.url.path)
+    audit.record_alone(session_factory(get_settings().db_url), actor, "auth.refused", "http",
+                       request.url.path[:128], "refused", detail)
 
 
 def require(*roles: str):  # noqa: ANN201 - returns a FastAPI dependency

@@ -538,14 +538,8 @@ class DicomSCP:
 
     def _audit(self, actor: str, action: str, resource_type: str, resource_id: str,
                outcome: str, detail: dict[str, Any]) -> None:
-        """One audit event in a session of its own; a failure is logged, never raised."""
-        try:
-            with self.sessions() as session:
-                audit.record(session, actor, action, resource_type, resource_id, outcome,
-                             detail)
-                session.commit()
-        except Exception:  # noqa: BLE001 - the DIMSE answer must not depend on the audit
-            log.exception("audit event %s for %s could not be written", action, actor)
+        audit.record_alone(self.sessions, actor, action, resource_type, resource_id, outcome,
+                           detail)
 
     def _audit_association(self, st: _AssocState, outcome: str, reason: str = "",
                            codes: tuple[int, ...] | None = None) -> None:

@@ -6,6 +6,8 @@ describe; a read records an event in a session of its own.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import AuditEvent
 
+log = logging.getLogger("medgate.audit")
+
 
 def record(session: Session, actor: str, action: str, resource_type: str, resource_id: str = "",
            outcome: str = "success", detail: dict[str, Any] | None = None) -> AuditEvent:
@@ -21,6 +25,20 @@ def record(session: Session, actor: str, action: str, resource_type: str, resour
                        resource_id=resource_id, outcome=outcome, detail=detail or {})
     session.add(event)
     return event
+
+
+def record_alone(session_factory: Callable[[], Session], actor: str, action: str,
+                 resource_type: str, resource_id: str = "", outcome: str = "success",
+                 detail: dict[str, Any] | None = None) -> None:
+    """One event in a session of its own, for what has no transaction to join (a refused
+    request, a DIMSE message). A failed write is logged, never raised: the answer to the
+    client must not depend on the audit log."""
+    try:
+        with session_factory() as session:
+            record(session, actor, action, resource_type, resource_id, outcome, detail)
+            session.commit()
+    except Exception:  # noqa: BLE001 - see above
+        log.exception("audit event %s for %s could not be written", action, actor)
 
 
 def query(session: Session, *, actor: str | None = None, action: str | None = None,
