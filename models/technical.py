@@ -729,7 +729,10 @@ def _comparison(study: StudyInput, out: _Collector, raw: dict[str, Any]) -> None
     """The prior study the platform found (same patient, same domain), stated as the comparison
     of the technique section, with its date from its own headers."""
     prior = study.prior
-    if prior is None:
+    if prior is None:  # said, so that a reader knows no comparison was made
+        out.fact("Comparison: none (no earlier study of this patient in this domain was "
+                 "found).", (), {"prior_study": "none found"})
+        raw["prior"] = None
         return
     meta = prior.metadata[0] if prior.metadata else {}
     date = _date(meta.get("StudyDate"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from app.api.deps import Offset, get_session, require
@@ -14,6 +15,7 @@ from app.config import get_settings
 from app.db.session import session_factory
 from app.dicom import studies
 from app.pipeline import grouping
+from app.pipeline.families import known_families
 from app.pipeline.jobs import JobConflict
 from app.security import audit
 from app.security.keys import Principal
@@ -78,14 +80,29 @@ def complete(study_uid: str, p: Principal = Depends(require(*READERS)),
     return body
 
 
-@router.post("/{study_uid}/reanalyze", status_code=202, responses=problems(409))
-def reanalyze(study_uid: str, p: Principal = Depends(require("clinician")),
+class ReanalyzeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    engines: list[str] = Field(default_factory=list, max_length=8, description=(
+        "families to run as well, as optional engines after the rule's pipeline (for example "
+        "medrega, which no shipped rule runs by default)"))
+
+
+@router.post("/{study_uid}/reanalyze", status_code=202, responses=problems(409, 422))
+def reanalyze(study_uid: str, body: ReanalyzeRequest | None = None,
+              p: Principal = Depends(require("clinician")),
               session: Session = Depends(get_session)) -> dict:
-    """Analyse the study's current instances again, even when an identical job failed."""
+    """Analyse the study's current instances again, even when an identical job failed;
+    ``engines`` adds families on request."""
     _study_or_404(session, study_uid, p, "study.reanalyze")
+    extra = tuple(dict.fromkeys(body.engines)) if body is not None else ()
+    unknown = [f for f in extra if f not in known_families()]
+    if unknown:
+        raise Problem(422, "unknown-engine", f"unknown engine famil"
+                      f"{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: "
+                      f"{sorted(known_families())}")
     try:
         how, job_ids = grouping.reanalyze_study(session_factory(get_settings().db_url),
-                                                study_uid, actor=p.actor)
+                                                study_uid, actor=p.actor, extra=extra)
     except JobConflict as exc:
         audit.record(session, p.actor, "study.reanalyze", "study", study_uid, outcome="conflict")
         session.commit()
@@ -97,7 +114,7 @@ def reanalyze(study_uid: str, p: Principal = Depends(require("clinician")),
         raise Problem(409, "unrouted", "no routing rule matches this study; change the rules "
                                        "(PUT /api/v1/admin/routes) and ask again")
     audit.record(session, p.actor, "study.reanalyze", "study", study_uid,
-                 detail={"jobs": job_ids, "how": how})
+                 detail={"jobs": job_ids, "how": how, "engines": list(extra)})
     session.commit()
     return {"study_uid": study_uid, "jobs": job_ids, "how": how}
 

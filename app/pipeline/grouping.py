@@ -77,11 +77,14 @@ def complete_study(session_factory, study_uid: str, reason: str = "requested") -
         return _try_complete(session, study_id, reason)
 
 
-def reanalyze_study(session_factory, study_uid: str, actor: str) -> tuple[str, list[int]]:
+def reanalyze_study(session_factory, study_uid: str, actor: str,
+                    extra: tuple[str, ...] = ()) -> tuple[str, list[int]]:
     """Analyse a study again: a study still receiving is completed now (which routes it as
     usual); a complete one gets new jobs even if identical ones failed. Returns how it went
     ("completed" or "reanalysed") and the new job ids; raises ``jobs.JobConflict`` while a job
-    of the study is open and LookupError for an unknown study."""
+    of the study is open and LookupError for an unknown study. ``extra`` families run as
+    optional engines after each rule's pipeline (a study still receiving is completed as
+    usual, without them)."""
     from app.pipeline import jobs
 
     with session_factory() as session:
@@ -94,7 +97,7 @@ def reanalyze_study(session_factory, study_uid: str, actor: str) -> tuple[str, l
             session.expire_all()
             study = session.scalar(select(Study).where(Study.study_uid == study_uid))
             return "completed", jobs.open_jobs(session, study)
-        created = jobs.reanalyze(session, study, actor)
+        created = jobs.reanalyze(session, study, actor, extra)
         ids = [j.id for j in created]
         session.commit()
         return "reanalysed", ids

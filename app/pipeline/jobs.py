@@ -75,9 +75,11 @@ class JobConflict(Exception):
     """A request that would start a second job while one of the study's jobs is still open."""
 
 
-def route_study(session: Session, study: Study, salt: str = "") -> list[Job]:
+def route_study(session: Session, study: Study, salt: str = "",
+                extra: tuple[str, ...] = ()) -> list[Job]:
     """Called in the completing transaction: route, and create the jobs (idempotently; a
-    ``salt`` makes them new jobs, for a re-analysis)."""
+    ``salt`` makes them new jobs, for a re-analysis). ``extra`` families, asked for by a
+    clinician, run as optional engines after each rule's own."""
     from app.reports.service import open_report
 
     metadata, uids = study_metadata(session, study)
@@ -92,13 +94,16 @@ def route_study(session: Session, study: Study, salt: str = "") -> list[Job]:
     study.domain = matched[0].domain
     created = []
     for rule in matched:
+        added = [f for f in extra if f not in rule.pipeline]
         steps = [f if required else f"{f}?" for f, required in rule.steps()]
+        steps += [f"{f}?" for f in added]
+        engines = rule.pipeline_json() + [{"family": f, "required": False} for f in added]
         key = idempotency_key(study.study_uid, rule.name, steps, uids, salt)
         if session.scalar(select(Job.id).where(Job.idempotency_key == key)) is not None:
             continue
         open_report(session, study, rule.domain)
         job = Job(study_fk=study.id, idempotency_key=key, domain=rule.domain,
-                  pipeline="+".join(steps)[:64], engines=rule.pipeline_json(), rule=rule.name,
+                  pipeline="+".join(steps)[:64], engines=engines, rule=rule.name,
                   queue=rule.queue, instance_uids=uids, state="queued", queued_at=utcnow())
         session.add(job)
         session.flush()
@@ -118,15 +123,17 @@ def open_jobs(session: Session, study: Study) -> list[int]:
                                                      Job.state.in_(("queued", "started")))))
 
 
-def reanalyze(session: Session, study: Study, actor: str) -> list[Job]:
+def reanalyze(session: Session, study: Study, actor: str,
+              extra: tuple[str, ...] = ()) -> list[Job]:
     """New jobs for the study's current instances through the current rules, even when an
     identical job ran (or failed) before. Refused while one of its jobs is still open."""
     running = open_jobs(session, study)
     if running:
         raise JobConflict(f"job {running[0]} of this study is still queued or running; "
                           "wait for it to finish")
-    add_event(session, study.id, "reanalysis", by=actor)
-    return route_study(session, study, salt=uuid.uuid4().hex)
+    add_event(session, study.id, "reanalysis", by=actor, **({"engines": list(extra)}
+                                                            if extra else {}))
+    return route_study(session, study, salt=uuid.uuid4().hex, extra=extra)
 
 
 def send(job_id: int, queue: str) -> bool:

@@ -11,6 +11,8 @@ DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
     "ecg-measure": ("1.0.0", "builtin"),
     "merl": ("reference", "reference"),
     "promptmrg": ("reference", "reference"),
+    "libra": ("reference", "reference"),
+    "medrega": ("reference", "reference"),
 }
 
 

@@ -29,11 +29,9 @@ def _build_promptmrg(spec: ModelSpec) -> Engine:
 def _statements(text: str) -> tuple[Statement, ...]:
     """The composer's CXR labeller: what a generated sentence says of each observation, so
     that it enters a draft only when trained, grounded findings agree with it."""
-    from models.cxr.labeller import label
-    from models.cxr.promptmrg.engine import MEANING, observation_code
+    from models.cxr.statements import statements
 
-    return tuple(Statement(observation_code(lab.code, MEANING[lab.code]), lab.state)  # type: ignore[arg-type]
-                 for lab in label(text))
+    return statements(text)
 
 
 register_labeller("cxr", _statements)

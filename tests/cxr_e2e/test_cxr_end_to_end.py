@@ -1,7 +1,7 @@
 """Chest radiograph end to end (issue 11): the real DX file of shared/data, sent by dcmtk's
 storescu to the SCP, becomes a draft through the default chest rule (technical, then PromptMRG
-as an optional engine). The untrained PromptMRG reference runs and is kept for inspection, and
-none of its words reach the draft; `medgate analyze --json` shows its raw result (18 states,
+and Libra as optional engines). The untrained references run and are kept for inspection, and
+none of their words reach the draft; `medgate analyze --json` shows its raw result (18 states,
 text) marked untrained."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_a_dx_radiograph_sent_by_storescu_becomes_a_technique_only_draft(
         report = api.get(f"/api/v1/reports/{study['reports'][0]['id']}", headers=auth).json()
     assert report["sections"]["technique"], report["sections"]
     assert report["sections"]["findings"] == "" and report["sections"]["impression"] == ""
-    assert [r["model"]["family"] for r in report["untrained_results"]] == ["promptmrg"]
+    assert [r["model"]["family"] for r in report["untrained_results"]] == ["promptmrg", "libra"]
     assert "promptmrg" not in json.dumps(report["sentences"])
     untrained = report["untrained_results"][0]
     assert untrained["trained"] is False

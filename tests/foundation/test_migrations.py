@@ -59,7 +59,7 @@ def test_0007_adds_promptmrg_as_optional_to_the_shipped_cxr_rules(monkeypatch, t
     from app.pipeline import routes_store
 
     configure_env(monkeypatch, tmp_path / "var", db_url)
-    migrate.upgrade("0007")
+    migrate.upgrade()  # the rules are seeded from the code, which holds the newest pipelines
     migrate.downgrade("0006")  # the chest rules as MedGate shipped them before 0007
 
     def pipelines():
@@ -67,8 +67,36 @@ def test_0007_adds_promptmrg_as_optional_to_the_shipped_cxr_rules(monkeypatch, t
             return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
 
     assert pipelines()["cxr-chest"] == ["technical"]
-    migrate.upgrade()
+    migrate.upgrade("0007")
     after = pipelines()
     assert after["cxr-chest"] == after["cxr-description"] == after["cxr-view"] == [
         "technical", {"family": "promptmrg", "required": False}]
+    assert after["ct"] == ["technical"]
+
+
+def test_0008_adds_libra_after_promptmrg_unless_an_administrator_changed_the_rule(
+        monkeypatch, tmp_path, db_url):
+    from app.db.session import session_scope
+    from app.pipeline import routes_store
+
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade()
+    migrate.downgrade("0007")
+
+    def pipelines():
+        with session_scope() as s:
+            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
+
+    with session_scope() as s:  # a site made its own cxr-view rule
+        rules = [r.to_dict() for r in routes_store.load(s)]
+        for r in rules:
+            if r["name"] == "cxr-view":
+                r["pipeline"] = ["technical"]
+        routes_store.replace(s, rules)
+    migrate.upgrade()
+    after = pipelines()
+    assert after["cxr-chest"] == after["cxr-description"] == [
+        "technical", {"family": "promptmrg", "required": False},
+        {"family": "libra", "required": False}]
+    assert after["cxr-view"] == ["technical"]
     assert after["ct"] == ["technical"]

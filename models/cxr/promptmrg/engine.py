@@ -38,16 +38,12 @@ import numpy as np
 import torch
 
 from models.base import (
-    OWN_SCHEME,
-    Code,
     ContractError,
     EngineResult,
     Finding,
-    GeneratedSentence,
     InputError,
     ModelInfo,
     ModelSpec,
-    Statement,
     StudyInput,
     TextSection,
     Where,
@@ -68,40 +64,22 @@ from models.cxr.promptmrg.tree import (
     REFERENCE_CONFIG,
     STATE_TOKENS,
 )
+from models.cxr.statements import (  # noqa: F401 -- MEANING re-exported
+    MEANING,
+    OBSERVATIONS,
+    generated_sentences,
+    observation_code,
+)
 from models.runtime.checkpoint import describe, load_state_dict
 from models.runtime.device import resolve_device, resolve_dtype
 from models.runtime.strict import strict_load
 from models.runtime.tree import merge_config
 
-# The 14 CheXbert observations in the order of the first 14 label slots (CONDITIONS in the
-# authors' models/blip.py). The other 4 slots are named nowhere in the released code.
-OBSERVATIONS: tuple[tuple[str, str], ...] = (
-    ("enlarged_cardiomediastinum", "Enlarged cardiomediastinum"),
-    ("cardiomegaly", "Cardiomegaly"),
-    ("lung_opacity", "Lung opacity"),
-    ("lung_lesion", "Lung lesion"),
-    ("edema", "Edema"),
-    ("consolidation", "Consolidation"),
-    ("pneumonia", "Pneumonia"),
-    ("atelectasis", "Atelectasis"),
-    ("pneumothorax", "Pneumothorax"),
-    ("pleural_effusion", "Pleural effusion"),
-    ("pleural_other", "Pleural other"),
-    ("fracture", "Fracture"),
-    ("support_devices", "Support devices"),
-    ("no_finding", "No finding"),
-)
-assert tuple(c for c, _ in OBSERVATIONS) == labeller.OBSERVATIONS  # one vocabulary of codes
-MEANING = dict(OBSERVATIONS)
 LABELS = tuple(c for c, _ in OBSERVATIONS) + tuple(f"auxiliary_{i}" for i in range(15, 19))
 # index of a state in the 4-state head -> finding state; [BLA] (0) means "not mentioned"
 FINDING_STATE = {1: "present", 2: "absent", 3: "uncertain"}
 RETRIEVALS = ("centroid",)
 MEMORY_FILE_SUFFIXES = (".json", ".npy", ".safetensors")
-
-
-def observation_code(code: str, label: str) -> Code:
-    return Code(OWN_SCHEME, code, label)
 
 
 # -- report features (the memory) ------------------------------------------------------------
@@ -337,7 +315,7 @@ class PromptMrgEngine:
 
         where = Where(instance_uid=str(uid) if uid else None)
         findings = self._findings(states, probs, where)
-        sentences = self._sentences(text)
+        sentences = generated_sentences(text)
         warnings: list[str] = []
         if not self.trained:
             warnings.append("PromptMRG reference variant: random weights; states and text "
@@ -394,19 +372,4 @@ class PromptMrgEngine:
                 knowledge=(labeller.KNOWLEDGE[code],),
                 criteria=f"PromptMRG 4-state head: {STATE_TOKENS[states[i]]} "
                          f"(p={float(probs[states[i], i]):.3f}); score = P(positive)"))
-        return out
-
-    @staticmethod
-    def _sentences(text: str) -> list[GeneratedSentence]:
-        if not text.strip():
-            return []
-        out = []
-        for (start, end), labels in labeller.label_sentences(text):
-            sentence = text[start:end].strip()
-            if not sentence:
-                continue
-            statements = tuple(dict.fromkeys(
-                Statement(observation_code(lab.code, MEANING[lab.code]), lab.state)  # type: ignore[arg-type]
-                for lab in labels))
-            out.append(GeneratedSentence(sentence, statements))
         return out
