@@ -10,7 +10,9 @@ COPY app ./app
 COPY models ./models
 COPY migrations ./migrations
 COPY knowledge_base ./knowledge_base
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+# The CPU build by default; the GPU worker's image is built with a CUDA index (docker-compose.yml).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX} \
     && pip install --no-cache-dir -e .
 
 ENV MEDGATE_DATA_DIR=/data

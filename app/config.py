@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Per-family dtype preference on an accelerator ("bf16", "fp16", "fp32"); on the CPU every
     # family computes in fp32. E.g. MEDGATE_DTYPE_BY_FAMILY='{"merl": "fp32"}'
     dtype_by_family: dict[str, str] = Field(default_factory=dict)
+    # Interactive questions (/api/v1/studies/{uid}/ask) are refused while the chosen family has
+    # no trained, active version; true lets demos and integration tests get reference answers,
+    # marked `trained: false` and "reference model: not for clinical use".
+    allow_reference_answers: bool = False
     # Extra modules that register engine families (a site's own engines), imported by workers.
     engine_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -113,6 +117,11 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
+
+    @property
+    def asks_dir(self) -> Path:
+        """Drawn masks sent with interactive questions, one folder per ask."""
+        return (self.data_dir / "asks").resolve()
 
     @property
     def results_dir(self) -> Path:

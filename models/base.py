@@ -624,7 +624,7 @@ def _load_builtin_families() -> None:
     # Importing a family package registers it; import lazily so `models.base` stays light.
     import importlib
 
-    for mod in ("models.technical", "models.ecg", "models.cxr", "models.vlm"):
+    for mod in ("models.technical", "models.ecg", "models.cxr", "models.vlm", "models.pixel"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a family not built yet

@@ -143,9 +143,8 @@ def client(medgate):
         yield c
 
 
-@pytest.fixture
-def keys(medgate) -> dict[str, str]:
-    """One key per role, as 'Authorization' header dicts."""
+def role_keys() -> dict[str, dict[str, str]]:
+    """One key per role in the configured database, as 'Authorization' header dicts."""
     from app.db.session import session_scope
     from app.security.keys import create_key
 
@@ -155,6 +154,54 @@ def keys(medgate) -> dict[str, str]:
             person = "Dr Test Clinician" if role == "clinician" else ""
             _, key = create_key(session, role, f"test-{role}", person_name=person)
             out[role] = {"Authorization": f"Bearer {key}"}
+    return out
+
+
+@pytest.fixture
+def keys(medgate) -> dict[str, dict[str, str]]:
+    return role_keys()
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """dicom3tools' validator on one file: its lines (``Error - ...``, ``Warning - ...``)."""
+    out = subprocess.run([tool("dciodvfy"), str(path)], capture_output=True, text=True,
+                         timeout=60)
+    return (out.stdout + out.stderr).splitlines()
+
+
+def cr_from_png(png: Path, out: Path, *, patient: str, date: str, name: str = "Test^CR",
+                crop: tuple[int, int, int, int] | None = None,
+                size: tuple[int, int] | None = None) -> Path:
+    """A CR image object of a real radiograph (an NIH ChestX-ray14 PNG of shared/data) for one
+    patient; ``crop`` (left, top, right, bottom) and ``size`` (columns, rows) reshape it."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    img = Image.open(png).convert("L")
+    if crop is not None:
+        img = img.crop(crop)
+    if size is not None:
+        img = img.resize(size, Image.BILINEAR)
+    pixels = np.asarray(img, dtype=np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime = patient, name, date, "0900"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.StudyDescription, ds.InstanceNumber, ds.SeriesNumber = "Chest PA", 1, 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(out, enforce_file_format=True)
     return out
 
 

@@ -112,6 +112,9 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str] = mapped_column(String(64), default="")
     body_part: Mapped[str] = mapped_column(String(64), default="")
+    # MedGate's own results stored in the study (DICOM SEG of a mask): not analysis input,
+    # and storing them does not reopen the study.
+    derived: Mapped[bool] = mapped_column(Boolean, default=False)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series",
@@ -156,6 +159,8 @@ class Job(Base):
     study_fk: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
     # study, pipeline and the set of instances: a redelivered completion makes no second job
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    # "analysis" (a study's draft) or "ask" (one interactive question, its Ask row)
+    kind: Mapped[str] = mapped_column(String(16), default="analysis")
     domain: Mapped[str] = mapped_column(String(16))
     pipeline: Mapped[str] = mapped_column(String(64))
     queue: Mapped[str] = mapped_column(String(16))
@@ -175,6 +180,28 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Ask(Base):
+    """One interactive question about an instance of a study, answered by one family on the
+    job machinery (``job_fk``); ``answer`` is written with the job's finish."""
+
+    __tablename__ = "ask"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    job_fk: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"),
+                                               nullable=True, index=True, unique=True)
+    family: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    trained: Mapped[bool] = mapped_column(Boolean)
+    instance_uid: Mapped[str] = mapped_column(String(64))
+    frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # models.base.Prompt.to_dict(), the drawn mask as a file under <data>/asks/<id>/
+    prompt: Mapped[dict[str, Any]] = mapped_column(JSON)
+    asked_by: Mapped[str] = mapped_column(String(128))
+    answer: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Report(Base):

@@ -61,6 +61,11 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CHUNK = 1 << 20
 
 
+# The source of MedGate's own results stored into a study (a DICOM SEG of a mask): their
+# series are marked derived, are not analysis input and do not reopen the study.
+DERIVED = "derived"
+
+
 class StoreError(Exception):
     """An instance that was not stored; ``status`` is the DICOM failure code for the sender."""
 
@@ -354,8 +359,9 @@ class _Valid:
 class _Rows:
     """Patient, study and series rows of one transaction, looked up once each."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, derived: bool = False) -> None:
         self.session = session
+        self.derived = derived
         self.patients: dict[tuple[str, str], Patient] = {}
         self.studies: dict[str, Study] = {}
         self.series: dict[str, Series] = {}
@@ -418,7 +424,8 @@ class _Rows:
                                 modality=_text(v.ds, "Modality", 16),
                                 series_number=_int(v.ds, "SeriesNumber"),
                                 series_description=_text(v.ds, "SeriesDescription"),
-                                body_part=_text(v.ds, "BodyPartExamined"))
+                                body_part=_text(v.ds, "BodyPartExamined"),
+                                derived=self.derived)
                 self.session.add(series)
                 self.session.flush()
             self.series[v.series_uid] = series
@@ -516,7 +523,7 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
             select(Instance.sop_instance_uid, Instance.sha256)
             .where(Instance.sop_instance_uid.in_([v.sop_inst for _, v in valid]))).all()) \
             if valid else {}
-        rows = _Rows(session)
+        rows = _Rows(session, derived=source == DERIVED)
         pending: list[tuple[int, _Valid, Path]] = []
         seen: dict[str, str] = {}
         for i, v in valid:
@@ -544,7 +551,8 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
             pending.append((i, v, dest))
         for uid, study in rows.studies.items():
             if any(v.study_uid == uid for _, v, _ in pending):
-                grouping.instance_received(session, study, uid in rows.new_studies, source)
+                grouping.instance_received(session, study, uid in rows.new_studies, source,
+                                           derived=rows.derived)
         session.flush()  # the unique SOPInstanceUID rows now hold the lock
         try:
             folders = set()

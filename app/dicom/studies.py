@@ -83,7 +83,8 @@ def detail(session: Session, study: Study) -> dict[str, Any]:
     return {**summary(session, study, patient),
             "series": [{"series_uid": s.series_uid, "modality": s.modality,
                         "series_number": s.series_number, "description": s.series_description,
-                        "body_part": s.body_part, "instance_count": n} for s, n in series],
+                        "body_part": s.body_part, "derived": s.derived,
+                        "instance_count": n} for s, n in series],
             "timeline": timeline(study),
             "jobs": [job_dict(j) for j in jobs],
             "reports": [{"id": r.id, "domain": r.domain, "state": r.state,
@@ -92,7 +93,8 @@ def detail(session: Session, study: Study) -> dict[str, Any]:
 
 
 def last_job_failed(session: Session, study: Study) -> bool:
-    state = session.scalar(select(Job.state).where(Job.study_fk == study.id)
+    state = session.scalar(select(Job.state).where(Job.study_fk == study.id,
+                                                   Job.kind == "analysis")
                            .order_by(Job.id.desc()).limit(1))
     return state == "failed"
 
@@ -117,4 +119,8 @@ def delete(session: Session, study: Study) -> int:
             session.delete(patient)
     session.commit()
     shutil.rmtree(folder, ignore_errors=True)
+    # results beside the study (masks of engines and asks, drawn masks) go with it
+    settings = get_settings()
+    shutil.rmtree(settings.results_dir / study.study_uid, ignore_errors=True)
+    shutil.rmtree(settings.asks_dir / study.study_uid, ignore_errors=True)
     return int(count)

@@ -25,9 +25,13 @@ _MODALITY_DOMAIN = {"CR": "cxr", "DX": "cxr", "CT": "ct", "ECG": "ecg", "SM": "p
 
 
 def instance_received(session: Session, study: Study, created: bool,
-                      source: str = "") -> None:
+                      source: str = "", derived: bool = False) -> None:
     """Called by the store in the transaction that indexes new instances of ``study``
-    (``created``: the study row is new in this transaction)."""
+    (``created``: the study row is new in this transaction). MedGate's own results
+    (``derived``) are not new images: the study stays as it is."""
+    if derived:
+        add_event(session, study.id, "result_stored", source=source)
+        return
     now = utcnow()
     if study.state == "complete":
         study.state = "receiving"

@@ -51,8 +51,8 @@ def study_metadata(session: Session, study: Study) -> tuple[list[dict[str, Any]]
     and anything else the index does not hold)."""
     rows = session.execute(
         select(Instance, Series).join(Series, Instance.series_fk == Series.id)
-        .where(Series.study_fk == study.id).order_by(Series.id, Instance.instance_number,
-                                                     Instance.id)).all()
+        .where(Series.study_fk == study.id, Series.derived.is_(False))
+        .order_by(Series.id, Instance.instance_number, Instance.id)).all()
     store = get_settings().store_dir
     per_series: dict[int, dict[str, Any]] = {}
     metadata, uids = [], []
@@ -109,9 +109,14 @@ def route_study(session: Session, study: Study, salt: str = "",
         session.flush()
         add_event(session, study.id, "queued", job=job.id, domain=rule.domain,
                            rule=rule.name)
-        session.info.setdefault(_SEND_KEY, []).append((job.id, job.queue))
+        send_after_commit(session, job)
         created.append(job)
     return created
+
+
+def send_after_commit(session: Session, job: Job) -> None:
+    """Send the job's message once the transaction that made it commits."""
+    session.info.setdefault(_SEND_KEY, []).append((job.id, job.queue))
 
 
 RUN_JOB_TASK = "medgate.run_job"  # app.pipeline.tasks.run_job, sent by name (no import circle)
@@ -120,6 +125,7 @@ RUN_JOB_TASK = "medgate.run_job"  # app.pipeline.tasks.run_job, sent by name (no
 def open_jobs(session: Session, study: Study) -> list[int]:
     """Ids of the study's jobs that are queued or running."""
     return list(session.scalars(select(Job.id).where(Job.study_fk == study.id,
+                                                     Job.kind == "analysis",
                                                      Job.state.in_(("queued", "started")))))
 
 
@@ -259,8 +265,9 @@ def job_dict(job: Job) -> dict[str, Any]:
     def t(v: datetime | None) -> str | None:
         return v.isoformat() if v else None
 
-    return {"id": job.id, "domain": job.domain, "rule": job.rule, "pipeline": job.engines,
-            "queue": job.queue, "state": job.state, "attempts": job.attempts,
+    return {"id": job.id, "kind": job.kind, "domain": job.domain, "rule": job.rule,
+            "pipeline": job.engines, "queue": job.queue, "state": job.state,
+            "attempts": job.attempts,
             "error": job.error, "created_at": t(job.created_at), "queued_at": t(job.queued_at),
             "started_at": t(job.started_at), "finished_at": t(job.finished_at),
             "timings": job.timings}

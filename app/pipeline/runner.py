@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.db.models import Instance, Job, Patient, Series, Study
+from app.db.models import Ask, Instance, Job, Patient, Series, Study
 from app.db.session import session_factory
 from app.dicom.headers import read_header
-from app.pipeline import jobs
+from app.pipeline import asks, derived, jobs
 from app.pipeline.families import load_plugins
 from app.pipeline.routing import pipeline_steps
 from app.rag.corpus import knowledge_lookup
@@ -94,7 +94,7 @@ def study_input(session: Session, study: Study, domain: str,
     store = get_settings().store_dir
     rows = session.execute(
         select(Instance, Series).join(Series, Instance.series_fk == Series.id)
-        .where(Series.study_fk == study.id)
+        .where(Series.study_fk == study.id, Series.derived.is_(False))
         .order_by(Series.id, Instance.instance_number, Instance.id)).all()
     if instance_uids is not None:
         wanted = set(instance_uids)
@@ -151,13 +151,22 @@ class _Plan:
     steps: list[tuple[str, bool]]
     study: StudyInput
     models: dict[str, Resolved]
+    ask_id: int | None = None
 
 
 def _plan(session: Session, job_id: int) -> _Plan:
     job = session.get(Job, job_id)
     study = session.get(Study, job.study_fk)
     out = get_settings().results_dir / study.study_uid / f"job-{job_id}"
-    data = study_input(session, study, job.domain, job.instance_uids, output_dir=out)
+    ask = (session.scalar(select(Ask).where(Ask.job_fk == job_id)) if job.kind == "ask"
+           else None)
+    if job.kind == "ask" and ask is None:
+        raise PermanentError(f"job {job_id} is an ask whose question was deleted")
+    # an ask reads the one instance it points at, with no prior
+    data = study_input(session, study, job.domain, job.instance_uids, with_prior=ask is None,
+                       output_dir=out)
+    if ask is not None:
+        data.prompt = asks.prompt_of(ask, study.study_uid)
     settings = get_settings()
     try:
         device = resolve_device(settings.device)
@@ -169,7 +178,12 @@ def _plan(session: Session, job_id: int) -> _Plan:
     for family, _ in steps:
         dtype = dtype_name(resolve_dtype(device, settings.dtype_by_family.get(family)))
         models[family] = resolve(session, family, device=device, dtype=dtype)
-    return _Plan(study.id, job.domain, steps, data, models)
+        if (ask is not None and models[family].spec.variant == "reference"
+                and not settings.allow_reference_answers):
+            # the trained version the ask was accepted for was deactivated since
+            raise PermanentError(f"{family} has no trained, active version any more; the "
+                                 "reference model does not answer clinicians")
+    return _Plan(study.id, job.domain, steps, data, models, ask.id if ask else None)
 
 
 # ---------------------------------------------------------------------------- running engines
@@ -226,8 +240,6 @@ class _Heart(threading.Thread):
 
 def execute(job_id: int) -> str:
     """Run one job. Returns 'done', 'skipped' or 'failed'; raises TransientError to retry."""
-    from app.reports.service import open_report, write_draft
-
     factory = session_factory()
     with factory() as session:
         token = jobs.claim(session, job_id)
@@ -247,28 +259,26 @@ def execute(job_id: int) -> str:
             plan = _plan(session, job_id)
             session.rollback()  # no transaction stays open while the models run
         results, timings, skipped = run_engines(plan)
-        draft = compose(results, knowledge_lookup(), warnings=skipped,
-                        labeller=labeller_for(plan.domain))
+        # masks become DICOM SEG instances of the study: every mask of an ask (which says
+        # whether its model is trained), and those of trained results of an analysis
+        segs = derived.store_masks(factory, plan.study, [
+            r for r in results if plan.ask_id is not None or r.trained])
+        draft = None if plan.ask_id is not None else compose(
+            results, knowledge_lookup(), warnings=skipped, labeller=labeller_for(plan.domain))
         elapsed = time.perf_counter() - started
         timings["total"] = round(elapsed, 4)
         with factory() as session:
             if not jobs.finish(session, job_id, token, timings):
                 session.rollback()
                 return "skipped"
-            study = session.get(Study, plan.study_id)
-            report = open_report(session, study, plan.domain)
-            version = write_draft(session, report, draft.to_dict(),
-                                  [r.to_dict() for r in results],
-                                  author=",".join(sorted(timings.keys() - {"total"})),
-                                  job_id=job_id)
-            add_event(session, study.id, "finished", job=job_id, seconds=round(elapsed, 3),
-                      **({"skipped": skipped} if skipped else {}))
-            add_event(session, study.id, "drafted", job=job_id, report=report.id,
-                      version=version.number)
+            if draft is None:
+                _write_answer(session, plan, job_id, results[0], segs, timings, elapsed)
+            else:
+                _write_draft(session, plan, job_id, draft, results, timings, elapsed, skipped)
             session.commit()
-            metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
-            metrics.JOBS_FINISHED.labels(domain=plan.domain, outcome="done").inc()
-            return "done"
+        metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
+        metrics.JOBS_FINISHED.labels(domain=plan.domain, outcome="done").inc()
+        return "done"
     except TransientError as exc:
         _discard_outputs(plan)
         with factory() as session:
@@ -291,6 +301,30 @@ def execute(job_id: int) -> str:
         return "failed"
     finally:
         heart.stop_event.set()
+
+
+def _write_draft(session: Session, plan: _Plan, job_id: int, draft: Any,
+                 results: list[EngineResult], timings: dict[str, float], elapsed: float,
+                 skipped: list[str]) -> None:
+    from app.reports.service import open_report, write_draft
+
+    study = session.get(Study, plan.study_id)
+    report = open_report(session, study, plan.domain)
+    version = write_draft(session, report, draft.to_dict(), [r.to_dict() for r in results],
+                          author=",".join(sorted(timings.keys() - {"total"})), job_id=job_id)
+    add_event(session, study.id, "finished", job=job_id, seconds=round(elapsed, 3),
+              **({"skipped": skipped} if skipped else {}))
+    add_event(session, study.id, "drafted", job=job_id, report=report.id,
+              version=version.number)
+
+
+def _write_answer(session: Session, plan: _Plan, job_id: int, result: EngineResult,
+                  segs: dict[str, dict[str, str]], timings: dict[str, float],
+                  elapsed: float) -> None:
+    ask = session.get(Ask, plan.ask_id)
+    ask.answer = asks.answer_of(result, segs, timings, plan.study.study_uid)
+    add_event(session, plan.study_id, "answered", job=job_id, ask=ask.id,
+              seconds=round(elapsed, 3))
 
 
 def _discard_outputs(plan: _Plan | None) -> None:

@@ -13,6 +13,7 @@ DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
     "promptmrg": ("reference", "reference"),
     "libra": ("reference", "reference"),
     "medrega": ("reference", "reference"),
+    "medplib": ("reference", "reference"),
 }
 
 

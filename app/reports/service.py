@@ -394,6 +394,7 @@ def worklist(session: Session, *, states: list[str], domain: str | None = None,
     """Reports with their study, patient ID and latest analysis job (of the study and the
     report's domain). ``failed`` in ``states`` selects open reports whose latest job failed."""
     latest = (select(func.max(Job.id)).where(Job.study_fk == Report.study_fk,
+                                             Job.kind == "analysis",
                                              Job.domain == Report.domain)
               .correlate(Report).scalar_subquery())
     stmt = (select(Report, Study, Patient.patient_id, Job)

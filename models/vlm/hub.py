@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.base import ContractError
+from models.base import ContractError, ModelSpec
 from models.runtime.checkpoint import describe, load_state_dict, read_config, save_sharded
 from models.runtime.strict import materialize_meta_buffers, strict_load
 
@@ -61,6 +62,39 @@ class HubFolder:
         if dropped:
             notes.append(f"{len(dropped)} recomputed rotary buffers (inv_freq) left out")
         return state
+
+
+@dataclass
+class Variant:
+    """What a vision-language engine knows of its spec before ``load()``: where it computes,
+    its merged config, whether it is trained, and its hub folder (None for the reference)."""
+
+    device: str
+    dtype: torch.dtype
+    config: dict[str, Any]
+    trained: bool
+    hub: HubFolder | None
+
+
+def variant_of(spec: ModelSpec, family: str, name: str, reference: dict[str, Any],
+               base: dict[str, Any]) -> Variant:
+    """Check ``spec``: the ``reference`` variant runs ``reference`` (random weights, untrained),
+    ``checkpoint`` runs ``base`` with the hub folder at ``spec.weights_path``; the version's
+    registered config is merged over either."""
+    from models.runtime.device import resolve_device, resolve_dtype
+    from models.runtime.tree import merge_config
+
+    if spec.family != family:
+        raise ContractError(f"spec is for {spec.family!r}, not {family!r}")
+    device = resolve_device(spec.device or "cpu")
+    dtype = resolve_dtype(device, spec.dtype)
+    if spec.variant == "reference":
+        return Variant(device, dtype, merge_config(reference, spec.config), False, None)
+    if spec.variant == "checkpoint":
+        return Variant(device, dtype, merge_config(base, spec.config), True,
+                       HubFolder(str(spec.weights_path), family))
+    raise ContractError(f"{name} has a 'reference' and a 'checkpoint' variant, not "
+                        f"{spec.variant!r}")
 
 
 def tie_lm_head(state: dict[str, torch.Tensor], prefix: str, tied: bool,

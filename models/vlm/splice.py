@@ -27,16 +27,30 @@ def expand_placeholders(embed: nn.Module, ids: Sequence[int], features: Sequence
                         placeholder: int = IMAGE_TOKEN_INDEX) -> torch.Tensor:
     """(1, L', D) embeddings: the text ids embedded, each placeholder replaced by the next
     (N_i, D) block of ``features``."""
-    positions = [i for i, t in enumerate(ids) if t == placeholder]
-    if len(positions) != len(features):
-        raise ContractError(f"the prompt holds {len(positions)} image placeholders for "
-                            f"{len(features)} images")
+    return expand_all(embed, ids, {placeholder: features})
+
+
+def expand_all(embed: nn.Module, ids: Sequence[int],
+               blocks: dict[int, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """``expand_placeholders`` for several kinds of placeholder at once (MedPLIB: an image at
+    -200 and a region feature at -300): the i-th occurrence of a placeholder id takes the
+    i-th (N, D) block given for it."""
     weight = embed.weight
+    for placeholder, given in blocks.items():
+        found = sum(1 for t in ids if t == placeholder)
+        if found != len(given):
+            raise ContractError(f"the prompt holds {found} placeholders {placeholder} for "
+                                f"{len(given)} feature blocks")
+    taken = dict.fromkeys(blocks, 0)
     parts: list[torch.Tensor] = []
     start = 0
-    for pos, block in zip(positions, features, strict=True):
+    for pos, t in enumerate(ids):
+        if t not in blocks:
+            continue
+        block = blocks[t][taken[t]]
+        taken[t] += 1
         if block.dim() != 2 or block.shape[1] != weight.shape[1]:
-            raise ContractError(f"image features of shape {tuple(block.shape)} do not fit an "
+            raise ContractError(f"features of shape {tuple(block.shape)} do not fit an "
                                 f"embedding width of {weight.shape[1]}")
         if pos > start:
             parts.append(embed(torch.tensor(ids[start:pos], device=weight.device)))

@@ -2,7 +2,8 @@
 
 Three separator styles cover the hosted families (the authors' ``conversation.py`` files):
 
-- ``two`` (Vicuna v1, Libra's ``libra_v1``): ``SYSTEM USER: msg ASSISTANT:``;
+- ``two`` (Vicuna v1, Libra's ``libra_v1``, MedPLIB's ``llava_v1``):
+  ``SYSTEM USER: msg ASSISTANT:``;
 - ``llama3`` (Libra's ``libra_llama_3`` for the 3B model): header-id blocks ending ``<|eot_id|>``;
 - ``mpt`` (InternVL's ``Hermes-2``, ChatML): ``<|im_start|>system\\n...<|im_end|><|im_start|>user
   \\nmsg<|im_end|><|im_start|>assistant\\n``.
@@ -68,7 +69,22 @@ HERMES_2 = Template(
     roles=("<|im_start|>user\n", "<|im_start|>assistant\n"), sep="<|im_end|>",
     stop="<|im_end|>")
 
-TEMPLATES = {t.name: t for t in (LIBRA_V1, LIBRA_LLAMA_3, HERMES_2)}
+# MedPLIB ``model/medplib/conversation.py`` (9c3efe9): ``conv_llava_v1`` (train_ds_medplib.py
+# --conv_type default "llava_v1"); conversation_demo.py's medplib_v1, used by the demo, is the
+# same text.
+LLAVA_V1 = Template(
+    name="llava_v1", style="two",
+    system="A chat between a curious human and an artificial intelligence assistant. The "
+           "assistant gives helpful, detailed, and polite answers to the human's questions.",
+    roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>", stop="</s>")
+# conv_vicuna_v1, which vqa_infer.py selects with conv_templates['v1']: "user" for "human".
+VICUNA_V1 = Template(
+    name="vicuna_v1", style="two",
+    system="A chat between a curious user and an artificial intelligence assistant. The "
+           "assistant gives helpful, detailed, and polite answers to the user's questions.",
+    roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>", stop="</s>")
+
+TEMPLATES = {t.name: t for t in (LIBRA_V1, LIBRA_LLAMA_3, HERMES_2, LLAVA_V1, VICUNA_V1)}
 
 
 def template(name: str) -> Template:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +16,7 @@ from app.dicom.waveform import (
 )
 from models.ecg.leads import STANDARD_LEADS
 from models.ecg.signal import read_ecg
-from tests.conftest import shared_file
-
-
-def dciodvfy(path: Path) -> list[str]:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dciodvfy (dicom3tools) is not installed in CI")
-        pytest.skip("dciodvfy (dicom3tools) not installed")
-    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    return (out.stdout + out.stderr).splitlines()
+from tests.conftest import dciodvfy, shared_file
 
 
 def physical(record: Path, n: int | None = None) -> tuple[np.ndarray, list[str], list[float]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom.data
 import pytest
 
-from tests.conftest import configure_env, wait_for
+from tests.conftest import configure_env, role_keys, wait_for
 
 CT_SMALL = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
 ECG = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
@@ -47,16 +47,7 @@ def api(setup):
 
 @pytest.fixture
 def auth(setup) -> dict[str, dict[str, str]]:
-    from app.db.session import session_scope
-    from app.security.keys import create_key
-
-    out = {}
-    with session_scope() as session:
-        for role in ("pacs", "clinician", "admin"):
-            person = "Dr Test Clinician" if role == "clinician" else ""
-            _, key = create_key(session, role, f"test-{role}", person_name=person)
-            out[role] = {"Authorization": f"Bearer {key}"}
-    return out
+    return role_keys()
 
 
 def store(path: Path) -> str:

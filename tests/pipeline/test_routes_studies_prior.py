@@ -101,9 +101,12 @@ def test_prior_is_the_same_patients_latest_earlier_study(medgate, tmp_path):
         technique = [x.text for x in compose([result]).sections["technique"]]
         assert any(t.startswith("Comparison: prior study") and "2022-01-01" in t
                    for t in technique), technique
-        assert "Comparison" not in " ".join(
+        # the oldest study has no prior, and its technique says no comparison was made
+        oldest_technique = " ".join(
             x.text for x in compose([engine.run(study_input(s, oldest, "ct"))])
             .sections["technique"])
+        assert "Comparison: prior study" not in oldest_technique
+        assert "Comparison: none (no earlier study" in oldest_technique
 
 
 def test_analyze_cli_prints_the_technical_engine_result():

@@ -11,10 +11,11 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from models.base import ContractError
-from models.vlm.generation import GenerationSettings, cut_at_stop, generate
+from models.vlm.generation import GenerationSettings, cut_at_stop, decode, generate
 from models.vlm.reference import init_reference_weights, reference_tokenizer
 from models.vlm.splice import (
     IMAGE_TOKEN_INDEX,
+    expand_all,
     expand_placeholders,
     fill_context,
     tokenize_with_placeholder,
@@ -56,10 +57,22 @@ def test_expand_placeholders_puts_each_image_where_its_placeholder_was():
     assert torch.equal(out[0, 2:5], image)
     assert torch.equal(out[0, :2], embed(torch.tensor([1, 2])))
     assert torch.equal(out[0, 5], embed(torch.tensor(5)))
-    with pytest.raises(ContractError, match="1 image placeholders for 2 images"):
+    with pytest.raises(ContractError, match="1 placeholders -200 for 2 feature blocks"):
         expand_placeholders(embed, [1, IMAGE_TOKEN_INDEX], [image, image])
     with pytest.raises(ContractError, match="embedding width"):
         expand_placeholders(embed, [IMAGE_TOKEN_INDEX], [torch.zeros(2, 5)])
+
+
+def test_expand_all_places_image_and_region_features_at_their_own_placeholders():
+    embed = nn.Embedding(10, 4)
+    image, region = torch.full((3, 4), 7.0), torch.full((1, 4), -1.0)
+    out = expand_all(embed, [1, IMAGE_TOKEN_INDEX, 4, -300, 5],
+                     {IMAGE_TOKEN_INDEX: [image], -300: [region]})
+    assert out.shape == (1, 7, 4)
+    assert torch.equal(out[0, 1:4], image) and torch.equal(out[0, 5], region[0])
+    assert torch.equal(out[0, 4], embed(torch.tensor(4)))
+    with pytest.raises(ContractError, match="0 placeholders -300 for 1"):
+        expand_all(embed, [1, IMAGE_TOKEN_INDEX], {IMAGE_TOKEN_INDEX: [image], -300: [region]})
 
 
 def test_fill_context_overwrites_the_context_tokens_in_order():
@@ -148,3 +161,10 @@ def test_sampling_is_reproducible_from_its_seed_and_leaves_the_global_generator(
     torch.manual_seed(123)
     assert generate(tiny_lm, embeds, settings, tok, [tok.eos_token_id]).ids == first
     assert torch.equal(torch.rand(1), after)
+
+
+def test_decode_keeps_only_the_special_tokens_that_are_the_answer(tok):
+    ids = tok("<IMG_CONTEXT>left lung<|im_end|></s>", add_special_tokens=False).input_ids
+    assert decode(tok, ids) == "left lung"
+    kept = decode(tok, ids, keep=("<IMG_CONTEXT>",))
+    assert kept == "<IMG_CONTEXT>left lung"

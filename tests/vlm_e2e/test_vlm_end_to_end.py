@@ -11,15 +11,11 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from models.vlm.libra.comparison import comparison_term
-from tests.conftest import shared_file, tool, wait_for
+from tests.conftest import cr_from_png, shared_file, tool, wait_for
 from tests.dimse.conftest import sqlite_medgate, sqlite_scp  # noqa: F401 - shared fixtures
 from tests.pipeline.conftest import complete_now, job_states
 
@@ -28,26 +24,7 @@ PATIENT = "LIBRA-E2E-1"
 
 
 def chest_cr(png: Path, out: Path, date: str) -> Path:
-    """A CR image object of a real radiograph (an NIH ChestX-ray14 PNG) for one patient."""
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime = PATIENT, "Test^Libra", date, "0900"
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.StudyDescription, ds.InstanceNumber, ds.SeriesNumber = "Chest PA", 1, 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(out, enforce_file_format=True)
-    return out
+    return cr_from_png(png, out, patient=PATIENT, date=date, name="Test^Libra")
 
 
 def _send(scp, path: Path) -> str:

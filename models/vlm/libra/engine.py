@@ -40,10 +40,8 @@ from models.base import (
     TextSection,
 )
 from models.cxr.statements import generated_sentences
-from models.runtime.device import resolve_device, resolve_dtype
-from models.runtime.tree import merge_config
 from models.vlm.generation import GenerationSettings, generate
-from models.vlm.hub import HubFolder, load_into, materialise, tie_lm_head
+from models.vlm.hub import load_into, materialise, tie_lm_head, variant_of
 from models.vlm.libra.comparison import strip_comparisons
 from models.vlm.libra.tree import BASE_CONFIG, FAMILY, RAD_DINO, REFERENCE_CONFIG
 from models.vlm.splice import expand_placeholders, tokenize_with_placeholder
@@ -92,24 +90,12 @@ class LibraEngine:
 
     def __init__(self, spec: ModelSpec) -> None:
         """Check the spec; nothing heavy is read until ``load()``."""
-        if spec.family != FAMILY:
-            raise ContractError(f"spec is for {spec.family!r}, not {FAMILY!r}")
-        self.spec = spec
-        self.device = resolve_device(spec.device or "cpu")
-        self.dtype = resolve_dtype(self.device, spec.dtype)
+        v = variant_of(spec, FAMILY, "Libra", REFERENCE_CONFIG, BASE_CONFIG)
+        self.spec, self.device, self.dtype = spec, v.device, v.dtype
+        self.config, self.trained, self.hub = v.config, v.trained, v.hub
         self.load_notes: list[str] = []
-        self.hub: HubFolder | None = None
-        if spec.variant == "reference":
-            self.config = merge_config(REFERENCE_CONFIG, spec.config)
-            self.trained = False
-        elif spec.variant == "checkpoint":
-            self.config = merge_config(BASE_CONFIG, spec.config)
-            self.trained = True
-            self.hub = HubFolder(str(spec.weights_path), FAMILY)
+        if self.hub is not None:
             check_libra_config(self.hub.config, self.hub.path)
-        else:
-            raise ContractError(f"Libra has a 'reference' and a 'checkpoint' variant, not "
-                                f"{spec.variant!r}")
         self.settings = GenerationSettings.from_config(self.config["generation"])
         self.model: Any = None
         self.tokenizer: Any = None

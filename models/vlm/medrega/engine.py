@@ -51,10 +51,9 @@ from models.base import (
     TextSection,
     Where,
 )
-from models.runtime.device import resolve_device, resolve_dtype
 from models.runtime.tree import merge_config
 from models.vlm.generation import GenerationSettings, generate
-from models.vlm.hub import HubFolder, load_into, materialise, tie_lm_head
+from models.vlm.hub import load_into, materialise, tie_lm_head, variant_of
 from models.vlm.medrega.tree import BASE_CONFIG, FAMILY, REFERENCE_CONFIG
 from models.vlm.splice import fill_context
 from models.vlm.templates import template
@@ -85,21 +84,13 @@ class MedRegAEngine:
     domains: ClassVar[tuple[str, ...]] = ("cxr", "ct")
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.family != FAMILY:
-            raise ContractError(f"spec is for {spec.family!r}, not {FAMILY!r}")
-        self.spec = spec
-        self.device = resolve_device(spec.device or "cpu")
-        self.dtype = resolve_dtype(self.device, spec.dtype)
+        v = variant_of(spec, FAMILY, "MedRegA", REFERENCE_CONFIG, BASE_CONFIG)
+        self.spec, self.device, self.dtype = spec, v.device, v.dtype
+        self.config, self.trained, self.hub = v.config, v.trained, v.hub
         self.load_notes: list[str] = []
-        self.hub: HubFolder | None = None
-        if spec.variant == "reference":
-            self.config = merge_config(REFERENCE_CONFIG, spec.config)
-            self.trained = False
+        if self.hub is None:
             self.model_config = self.config["model"]
-        elif spec.variant == "checkpoint":
-            self.config = merge_config(BASE_CONFIG, spec.config)
-            self.trained = True
-            self.hub = HubFolder(str(spec.weights_path), FAMILY)
+        else:
             self.model_config = self.hub.config
             for key in ("vision_config", "llm_config"):
                 if not isinstance(self.model_config.get(key), dict):
@@ -112,9 +103,6 @@ class MedRegAEngine:
             if self.model_config.get("use_llm_lora") or self.model_config.get("use_backbone_lora"):
                 raise ContractError(f"{self.hub.path}/config.json asks for unmerged LoRA "
                                     "adapters; merge them into the weights first")
-        else:
-            raise ContractError(f"MedRegA has a 'reference' and a 'checkpoint' variant, not "
-                                f"{spec.variant!r}")
         self.settings = GenerationSettings.from_config(self.config["generation"])
         self.model: Any = None
         self.tokenizer: Any = None
