@@ -531,6 +531,11 @@ class StudyInput:
     prompt: Prompt | None = None
     series: list[SeriesInput] = field(default_factory=list)
     output_dir: Path | None = None
+    # the results of the engines that ran before this one in the same job (the CT assistant
+    # reads the measured quantities), and the knowledge search the platform offers:
+    # knowledge(query, domain) -> [{"id", "title", "passage", "score"}], adaptively selected
+    earlier: list[EngineResult] = field(default_factory=list)
+    knowledge: Callable[[str, str], list[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         _require(self.domain in DOMAINS, f"domain must be one of {DOMAINS}, not {self.domain!r}")
@@ -624,7 +629,8 @@ def _load_builtin_families() -> None:
     # Importing a family package registers it; import lazily so `models.base` stays light.
     import importlib
 
-    for mod in ("models.technical", "models.ecg", "models.cxr", "models.vlm", "models.pixel"):
+    for mod in ("models.technical", "models.ecg", "models.cxr", "models.vlm", "models.pixel",
+                "models.ct", "models.pathology"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a family not built yet

@@ -111,6 +111,9 @@ def configure_env(monkeypatch: pytest.MonkeyPatch, data_dir: Path, db_url: str |
             monkeypatch.setenv(key, val)
         else:
             monkeypatch.delenv(key, raising=False)
+    # Workers search the knowledge base (the CT assistant): the hashing embedder builds its
+    # index in milliseconds; tests/rag checks the shipped MiniLM model on its own.
+    extra.setdefault("embedder", "hashing")
     for key, val in extra.items():
         monkeypatch.setenv(f"MEDGATE_{key.upper()}", val)
     reset_settings()

@@ -53,7 +53,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -109,11 +109,42 @@ def _lo(text: str) -> str:
     return value.encode("utf-8")[:64].decode("utf-8", "ignore").rstrip()
 
 
-def _private_code(label: str) -> Code:
+def _private_code(label: str, prefix: str = "seg") -> Code:
+    """A code of MedGate's private scheme for a label: its slug ("left-lung"); a label with no
+    ASCII letters or digits ("结节") gets ``prefix`` and a hash of it instead."""
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-    if not slug:  # a label with no ASCII letters or digits ("结节")
-        slug = "seg-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8]
+    if not slug:
+        slug = f"{prefix}-" + hashlib.sha256(label.encode("utf-8")).hexdigest()[:8]
     return Code(PRIVATE_SCHEME, slug[:64], label)
+
+
+def _private_scheme():
+    """The Coding Scheme Identification item that declares ``99MEDGATE`` (PS3.16 8.2)."""
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return CodingSchemeIdentificationItem(
+        PRIVATE_SCHEME, name="MedGate private codes", responsible_organization="MedGate")
+
+
+def _charset(texts) -> str | None:
+    """UTF-8 (ISO_IR 192) when any of the texts written is not ASCII; otherwise None (the
+    default repertoire, or the source's character set as highdicom copies it)."""
+    return "ISO_IR 192" if any(not str(t).isascii() for t in texts) else None
+
+
+def _content_label(family: str, fallback: str) -> str:
+    """A Content Label (CS, 16 characters) from the engine family ("MEDSAM")."""
+    return _CS_UNSAFE.sub("_", str(family).upper())[:16].strip("_ ") or fallback
+
+
+def _algorithm(family: str, version: str):
+    """Algorithm Identification: name = engine family, version = engine version, family = DCM
+    123110 "Artificial Intelligence" (CID 7162)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.AlgorithmIdentificationSequence(
+        name=_lo(family), version=_lo(version), family=codes.cid7162.ArtificialIntelligence)
 
 
 def _concept(code: Code):
@@ -184,8 +215,6 @@ def build_segmentation(source: Dataset, masks: Sequence[SegmentMask], *, family:
     the masks lie on. ``family`` and ``version`` identify the engine (Algorithm Identification);
     ``software_version`` defaults to the MedGate package's version. Raises ``SegError``."""
     import highdicom as hd
-    from highdicom.coding_schemes import CodingSchemeIdentificationItem
-    from pydicom.sr.codedict import codes
 
     if not isinstance(source, Dataset):
         raise SegError(f"the source must be a pydicom Dataset, not {type(source).__name__}")
@@ -228,10 +257,9 @@ def build_segmentation(source: Dataset, masks: Sequence[SegmentMask], *, family:
 
     texts = [m.label for m in masks] + [family, version, series_description]
     texts += [c.meaning for m in masks for c in (m.code, m.category) if c is not None]
-    charset = "ISO_IR 192" if any(not str(t).isascii() for t in texts) else None
+    charset = _charset(texts)
 
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=_lo(family), version=_lo(version), family=codes.cid7162.ArtificialIntelligence)
+    algorithm = _algorithm(family, version)
     descriptions, private = [], False
     for number, m in enumerate(masks, start=1):
         label = _lo(m.label)
@@ -248,28 +276,20 @@ def build_segmentation(source: Dataset, masks: Sequence[SegmentMask], *, family:
             algorithm_identification=algorithm))
     extra = {}
     if private:
-        extra["coding_schemes"] = [CodingSchemeIdentificationItem(
-            PRIVATE_SCHEME, name="MedGate private codes", responsible_organization="MedGate")]
+        extra["coding_schemes"] = [_private_scheme()]
     if charset:
         extra["specific_character_set"] = charset
-    content_label = _CS_UNSAFE.sub("_", str(family).upper())[:16].strip("_ ") or "SEGMENTATION"
+    content_label = _content_label(family, "SEGMENTATION")
     try:
         seg = hd.seg.Segmentation(
             source_images=[_header(source)],
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=int(series_number),
-            sop_instance_uid=hd.UID(),
-            instance_number=int(instance_number),
-            manufacturer=_lo(manufacturer),
-            manufacturer_model_name="MedGate",
-            software_versions=_lo(software_version or medgate_version()),
-            device_serial_number="0",
-            series_description=_lo(series_description or f"{family} {version} segmentation"),
+            **_instance_attributes(family, version, series_number, instance_number,
+                                   manufacturer, software_version,
+                                   series_description or f"{family} {version} segmentation"),
             content_label=content_label,
-            content_description=_lo(f"{family} {version}"),
             omit_empty_frames=True,
             **extra,
         )
@@ -291,6 +311,21 @@ def build_segmentation(source: Dataset, masks: Sequence[SegmentMask], *, family:
     return seg
 
 
+def _instance_attributes(family: str, version: str, series_number: int, instance_number: int,
+                         manufacturer: str, software_version: str | None,
+                         series_description: str) -> dict[str, Any]:
+    """The new series and instance, and who made them: shared by every object MedGate writes
+    with highdicom (SEG, bulk annotations)."""
+    import highdicom as hd
+
+    return {"series_instance_uid": hd.UID(), "series_number": int(series_number),
+            "sop_instance_uid": hd.UID(), "instance_number": int(instance_number),
+            "manufacturer": _lo(manufacturer), "manufacturer_model_name": "MedGate",
+            "software_versions": _lo(software_version or medgate_version()),
+            "device_serial_number": "0", "series_description": _lo(series_description),
+            "content_description": _lo(f"{family} {version}")}
+
+
 def to_bytes(ds: Dataset) -> bytes:
     """The Part 10 bytes of a dataset (preamble, file meta, data set)."""
     buf = io.BytesIO()
@@ -303,6 +338,11 @@ def store_segmentation(session_factory, ds: Dataset, source: str | None = None) 
     (``app.dicom.store``), by default as MedGate's own derived result (``store.DERIVED``: its
     series is marked derived); raises ``store.StoreError`` as C-STORE and STOW-RS would see it.
     The bytes are spooled straight into the store's temporary folder (no file of the caller's)."""
+    return _store_derived(session_factory, ds, source)
+
+
+def _store_derived(session_factory, ds: Dataset, source: str | None) -> Stored:
+    """One of MedGate's own instances (SEG, bulk annotations) into ``app.dicom.store``."""
     from app.dicom import store
 
     tmp, sha256, size = store.spool([to_bytes(ds)])

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from app.dicom.headers import read_header
 from app.pipeline.routing import DEFAULT_RULES, RouteRule, StudyMeta, match, summarise
+from app.rag.search import knowledge_search
 from app.registry.defaults import default_spec
 from app.reports.composer import KnowledgeLookup, compose
 from models.base import ContractError, EngineResult, ModelSpec, StudyInput, build, load_engine
@@ -94,6 +95,7 @@ def _run_engines(rule: RouteRule, study: StudyInput, specs: Mapping[str, ModelSp
         except (ContractError, ImportError) as exc:
             warnings.append(f"{what} {family}@{spec.version} is not available: {exc}")
             continue
+        study.earlier = list(results)
         try:
             result = engine.run(study)
         except Exception as exc:  # one engine failing must not hide the others' results
@@ -125,7 +127,7 @@ def analyze_study(domain_rules: list[RouteRule], study_uid: str | None, paths: l
         others = ", ".join(f"{r.domain} ({r.name})" for r in domain_rules[1:])
         out.warnings.append(f"the study also matches {others}; analysed as {rule.domain}")
     study = StudyInput(domain=rule.domain, paths=list(paths), metadata=metadata,
-                       study_uid=study_uid)
+                       study_uid=study_uid, knowledge=knowledge_search)
     results = _run_engines(rule, study, specs, out.warnings)
     out.results = [r.to_dict() for r in results]
     out.draft = compose(results, knowledge, labeller=labeller_for(rule.domain)).to_dict()

@@ -43,15 +43,20 @@ ASK_FAMILIES: dict[str, tuple[str, ...]] = {
     "medplib": ("cxr", "ct", "pathology"),
     "medrega": ("cxr", "ct"),
     "libra": ("cxr",),
+    "ct-quant": ("ct",),
 }
 # ... and what each can be pointed with
 ASK_REGIONS: dict[str, tuple[str, ...]] = {
     "medplib": ("point", "box", "mask"),
     "medrega": ("box",),
     "libra": (),
+    "ct-quant": ("box", "mask"),
 }
 # A question that asks for an outline wants a mask, which only MedPLIB draws.
 _SEGMENT = re.compile(r"\b(segment\w*|mask|outline|delineat\w*|contour)\b|分割|勾画", re.I)
+# A question about a CT region's numbers is measured, not generated.
+_MEASURE = re.compile(r"\b(attenuation|hounsfield|hu|density|measure\w*|volume|area)\b|衰减|密度",
+                      re.I)
 MAX_MASK_BYTES = 16 * 1024 * 1024  # a binary PNG of a 4k x 4k image is far smaller
 REFERENCE_NOTICE = "reference model: not for clinical use"
 _FILES_KEY = "medgate_ask_files"
@@ -89,11 +94,15 @@ class AskRequest:
 
 
 def choose_family(req: AskRequest, domain: str) -> str:
-    """The request's family, else: a point, a drawn mask or a question asking for an outline
-    goes to MedPLIB; a box (region-to-text) or any other question to MedRegA where it reads the
-    domain, else MedPLIB."""
+    """The request's family, else: a CT box or mask with a question about its numbers
+    (attenuation, HU, volume, area) is measured by ct-quant; a point, a drawn mask or a
+    question asking for an outline goes to MedPLIB; a box (region-to-text) or any other
+    question to MedRegA where it reads the domain, else MedPLIB."""
     if req.family:
         return req.family
+    if domain == "ct" and (req.box is not None or req.mask_png_base64 is not None) \
+            and _MEASURE.search(req.question):
+        return "ct-quant"
     if req.point is not None or req.mask_png_base64 is not None or _SEGMENT.search(req.question):
         return "medplib"
     return "medrega" if domain in ASK_FAMILIES["medrega"] else "medplib"

@@ -1,7 +1,9 @@
 """MedGate's own results stored back into the study as DICOM: each mask region of a result
-becomes a binary Segmentation instance (PS3.3 A.51) that references its source image, stored
-through the one store path (validated, durable, indexed) in a series marked derived, so QIDO-RS
-lists it and WADO-RS returns it while routing and the engines never take it for input.
+becomes a binary Segmentation instance (PS3.3 A.51) that references its source image, and each
+point set a result names in ``raw["annotations"]`` (nuclei on a slide) a Microscopy Bulk Simple
+Annotations instance (its PS3.3 IOD) that references the slide. Both are stored through the one
+store path (validated, durable, indexed) in a series marked derived, so QIDO-RS lists them and
+WADO-RS returns them while routing and the engines never take them for input.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from app.dicom.annotations import (
+    SQUARE_MICROMETER,
+    AnnotationError,
+    AnnotationGroup,
+    build_bulk_annotations,
+    store_bulk_annotations,
+)
 from app.dicom.seg import SegError, SegmentMask, build_segmentation, store_segmentation
 from app.dicom.store import StoreError
 from models.base import EngineResult, Region, StudyInput
@@ -75,4 +84,42 @@ def store_masks(factory, study: StudyInput, results: list[EngineResult]  # noqa:
                 continue
             stored[region.id] = {"sop_instance_uid": done.sop_instance_uid,
                                  "series_uid": done.series_uid}
+    return stored
+
+
+def _annotations_of(study: StudyInput, result: EngineResult, item: dict) -> pydicom.Dataset:
+    source = _source_path(study, item.get("instance_uid"))
+    if source is None:
+        raise AnnotationError(f"annotations name instance {item.get('instance_uid')}, which is "
+                              "not in the job's input")
+    with np.load(item["file"]) as data:
+        points = np.asarray(data["points"], dtype=np.float64)
+        areas = np.asarray(data["areas_um2"], dtype=np.float64) if "areas_um2" in data else None
+    group = AnnotationGroup(label=str(item.get("label") or "Nuclei"), points=points,
+                            measurements={"area": (areas, SQUARE_MICROMETER)}
+                            if areas is not None else {})
+    family, version = result.model.family, result.model.version
+    return build_bulk_annotations(pydicom.dcmread(source, stop_before_pixels=True), [group],
+                                  family=family, version=version,
+                                  series_description=f"{family} {version} "
+                                                     f"{group.label.lower()}"[:64])
+
+
+def store_annotations(factory, study: StudyInput, results: list[EngineResult]  # noqa: ANN001
+                      ) -> list[dict[str, str]]:
+    """Store each point set of ``results`` (``raw["annotations"]``) as bulk annotations of its
+    slide; a set that cannot be written is a warning on its result."""
+    stored = []
+    for result in results:
+        for item in (result.raw.get("annotations") or []) if isinstance(result.raw, dict) else []:
+            try:
+                done = store_bulk_annotations(factory, _annotations_of(study, result, item))
+            except (AnnotationError, StoreError, ValueError, OSError, KeyError) as exc:
+                log.warning("annotations of %s were not stored: %s", result.model.family, exc)
+                result.warnings.append(f"{item.get('label', 'annotations')} were not stored "
+                                       f"as DICOM bulk annotations: {exc}")
+                continue
+            item["stored"] = {"sop_instance_uid": done.sop_instance_uid,
+                              "series_uid": done.series_uid}
+            stored.append(item["stored"])
     return stored

@@ -244,9 +244,9 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule(name="ecg-modality", priority=90, domain="ecg", modality=("ECG",),
               pipeline=("technical", "ecg-measure", "merl"), optional=("merl",)),
     RouteRule(name="pathology-wsi", priority=100, domain="pathology",
-              sop_class_uids=(VL_WHOLE_SLIDE,), pipeline=("technical",)),
+              sop_class_uids=(VL_WHOLE_SLIDE,), pipeline=("technical", "slide-quant")),
     RouteRule(name="pathology-sm", priority=90, domain="pathology", modality=("SM",),
-              pipeline=("technical",)),
+              pipeline=("technical", "slide-quant")),
     RouteRule(name="cxr-chest", priority=60, domain="cxr", modality=("CR", "DX"),
               body_part=("CHEST", "THORAX"), pipeline=("technical", "promptmrg", "libra"),
               optional=("promptmrg", "libra")),
@@ -256,7 +256,8 @@ DEFAULT_RULES: tuple[RouteRule, ...] = (
     RouteRule(name="cxr-view", priority=50, domain="cxr", modality=("CR", "DX"),
               body_part=("",), view_positions=CXR_VIEWS,
               pipeline=("technical", "promptmrg", "libra"), optional=("promptmrg", "libra")),
-    RouteRule(name="ct", priority=50, domain="ct", modality=("CT",), pipeline=("technical",)),
+    RouteRule(name="ct", priority=50, domain="ct", modality=("CT",),
+              pipeline=("technical", "ct-quant", "ct-assistant"), optional=("ct-assistant",)),
 )
 
 

@@ -39,6 +39,7 @@ from app.pipeline import asks, derived, jobs
 from app.pipeline.families import load_plugins
 from app.pipeline.routing import pipeline_steps
 from app.rag.corpus import knowledge_lookup
+from app.rag.search import knowledge_search
 from app.registry.versions import Resolved, resolve
 from app.reports.composer import compose
 from app.timeline import add_event
@@ -167,6 +168,7 @@ def _plan(session: Session, job_id: int) -> _Plan:
                        output_dir=out)
     if ask is not None:
         data.prompt = asks.prompt_of(ask, study.study_uid)
+    data.knowledge = knowledge_search
     settings = get_settings()
     try:
         device = resolve_device(settings.device)
@@ -197,6 +199,7 @@ def run_engines(plan: _Plan) -> tuple[list[EngineResult], dict[str, float], list
         resolved = plan.models[family]
         spec = resolved.spec
         started = time.perf_counter()
+        plan.study.earlier = list(results)
         try:
             result = cache.get(spec, resolved.manifest).run(plan.study)
             if not isinstance(result, EngineResult):
@@ -259,10 +262,11 @@ def execute(job_id: int) -> str:
             plan = _plan(session, job_id)
             session.rollback()  # no transaction stays open while the models run
         results, timings, skipped = run_engines(plan)
-        # masks become DICOM SEG instances of the study: every mask of an ask (which says
-        # whether its model is trained), and those of trained results of an analysis
-        segs = derived.store_masks(factory, plan.study, [
-            r for r in results if plan.ask_id is not None or r.trained])
+        # masks become DICOM SEG instances of the study, point sets bulk annotations: every
+        # mask of an ask (which says whether its model is trained), and trained results' own
+        kept = [r for r in results if plan.ask_id is not None or r.trained]
+        segs = derived.store_masks(factory, plan.study, kept)
+        derived.store_annotations(factory, plan.study, kept)
         draft = None if plan.ask_id is not None else compose(
             results, knowledge_lookup(), warnings=skipped, labeller=labeller_for(plan.domain))
         elapsed = time.perf_counter() - started

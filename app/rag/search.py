@@ -108,6 +108,12 @@ def search(
     return out
 
 
+def knowledge_search(query: str, domain: str) -> list[dict[str, Any]]:
+    """What an engine gets as ``StudyInput.knowledge``: the adaptively selected entries of
+    ``domain`` for ``query`` (``id``, ``title``, ``score``, ``passage``)."""
+    return search(query, domain=domain)["results"]
+
+
 def get_entry(entry_id: str, *, kb_dir: Path | None = None) -> dict[str, Any] | None:
     """The whole entry (front matter fields and sections) by id, or None when unknown."""
     e = ensure_index(kb_dir).entries.get(entry_id)

@@ -14,6 +14,9 @@ DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
     "libra": ("reference", "reference"),
     "medrega": ("reference", "reference"),
     "medplib": ("reference", "reference"),
+    "ct-quant": ("1.0.0", "builtin"),
+    "ct-assistant": ("reference", "reference"),
+    "slide-quant": ("1.0.0", "builtin"),
 }
 
 

@@ -51,7 +51,7 @@ def test_0005_makes_merl_optional_in_the_shipped_ecg_rules_only(monkeypatch, tmp
     after = pipelines()
     assert after["ecg-waveform"] == after["ecg-modality"] == [
         "technical", "ecg-measure", {"family": "merl", "required": False}]
-    assert after["ct"] == ["technical"]
+    assert after["ct"] == ["technical", "ct-quant", {"family": "ct-assistant", "required": False}]
 
 
 def test_0007_adds_promptmrg_as_optional_to_the_shipped_cxr_rules(monkeypatch, tmp_path, db_url):
@@ -99,4 +99,34 @@ def test_0008_adds_libra_after_promptmrg_unless_an_administrator_changed_the_rul
         "technical", {"family": "promptmrg", "required": False},
         {"family": "libra", "required": False}]
     assert after["cxr-view"] == ["technical"]
-    assert after["ct"] == ["technical"]
+    assert after["ct"] == ["technical", "ct-quant", {"family": "ct-assistant", "required": False}]
+
+
+def test_0010_adds_ct_and_slide_pipelines_unless_an_administrator_changed_the_rule(
+        monkeypatch, tmp_path, db_url):
+    from app.db.session import session_scope
+    from app.pipeline import routes_store
+
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade()
+    migrate.downgrade("0009")
+
+    def pipelines():
+        with session_scope() as s:
+            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
+
+    before = pipelines()
+    assert before["ct"] == before["pathology-wsi"] == before["pathology-sm"] == ["technical"]
+    with session_scope() as s:  # a site chose its own slide pipeline
+        rules = [r.to_dict() for r in routes_store.load(s)]
+        for r in rules:
+            if r["name"] == "pathology-sm":
+                r["pipeline"] = ["technical", "medplib"]
+        routes_store.replace(s, rules)
+    migrate.upgrade()
+    after = pipelines()
+    assert after["ct"] == ["technical", "ct-quant", {"family": "ct-assistant", "required": False}]
+    assert after["pathology-wsi"] == ["technical", "slide-quant"]
+    assert after["pathology-sm"] == ["technical", "medplib"]
+    migrate.downgrade("0009")
+    assert pipelines()["ct"] == ["technical"] and pipelines()["pathology-wsi"] == ["technical"]

@@ -41,7 +41,9 @@ def test_complete_study_becomes_draft_then_edit_sign_amend(setup, api, auth, wor
     assert r.headers["etag"] == body["etag"]
     assert "axial CT slice" in body["sections"]["technique"]
     assert all(s["evidence"] for s in body["sentences"]["technique"])
-    assert {m["family"] for m in body["models"]} == {"technical"}
+    # the CT rule: technique, measurement (rule-based) and the assistant (untrained reference)
+    assert {m["family"]: m["trained"] for m in body["models"]} == {
+        "technical": True, "ct-quant": True, "ct-assistant": False}
     kinds = [e["kind"] for e in body["timeline"]]
     for kind in ("received", "complete", "queued", "started", "finished", "drafted"):
         assert kind in kinds, kinds

@@ -25,14 +25,22 @@ def technical(result) -> dict:
     return found[0]
 
 
-def test_ct_small_and_ecg_waveform_are_two_studies_with_technical_results():
+def test_ct_small_and_ecg_waveform_are_two_studies_with_technical_results(monkeypatch, tmp_path):
+    from app.config import reset_settings
+    from app.rag.search import reset
+
+    # the CT assistant searches the knowledge base: a private index, the hashing embedder
+    monkeypatch.setenv("MEDGATE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MEDGATE_EMBEDDER", "hashing")
+    reset_settings()
+    reset()
     out = analyze_paths([Path(get_testdata_file("CT_small.dcm")),
                          Path(get_testdata_file("waveform_ecg.dcm"))])
     by_domain = {r.domain: r for r in out}
     assert set(by_domain) == {"ct", "ecg"} and all(r.status == "analyzed" for r in out)
     ct, ecg = by_domain["ct"], by_domain["ecg"]
     assert ct.study_uid == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
-    assert ct.rule == "ct" and ct.pipeline == ["technical"]
+    assert ct.rule == "ct" and ct.pipeline == ["technical", "ct-quant", "ct-assistant"]
     ct_m = {m["name"]: m["value"] for m in technical(ct)["measurements"]}
     assert ct_m["slice_count"] == 1 and ct_m["slice_thickness"] == 5.0
     ecg_m = {m["name"]: m["value"] for m in technical(ecg)["measurements"]}
@@ -44,6 +52,9 @@ def test_ct_small_and_ecg_waveform_are_two_studies_with_technical_results():
     draft = Draft.from_dict(ct.draft)
     assert draft.sections["technique"] and "slice thickness 5 mm" in draft.text()
     json.dumps([r.to_dict() for r in out])
+    monkeypatch.undo()
+    reset_settings()
+    reset()
 
 
 def test_folder_is_expanded_and_unreadable_files_are_listed_with_the_reason(tmp_path):

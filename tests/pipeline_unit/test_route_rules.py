@@ -39,10 +39,12 @@ def test_radiograph_of_another_body_part_is_not_cxr():
     assert route({"Modality": "CR", "StudyDescription": "XR WRIST"}) == []
 
 
-def test_ct_routes_to_ct_with_technical_pipeline():
+def test_ct_routes_to_ct_with_measurement_and_the_assistant():
     meta = summarise([read_header(get_testdata_file("CT_small.dcm"))])
     (rule,) = match(DEFAULT_RULES, meta)
-    assert (rule.domain, rule.queue, rule.pipeline) == ("ct", "ct", ("technical",))
+    assert (rule.domain, rule.queue, rule.pipeline) == (
+        "ct", "ct", ("technical", "ct-quant", "ct-assistant"))
+    assert rule.steps() == [("technical", True), ("ct-quant", True), ("ct-assistant", False)]
 
 
 def test_ecg_waveform_routes_to_ecg_pipeline():
