@@ -31,6 +31,10 @@ app.add_typer(store_app, name="store")
 peers_app = typer.Typer(help="Known DICOM peers: who may associate with the SCP, from where, "
                         "and whether they may store, query and retrieve.", no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
+destinations_app = typer.Typer(help="Where report versions are sent: DICOM AEs (C-STORE) and "
+                               "STOW-RS URLs, for some domains and states.",
+                               no_args_is_help=True)
+app.add_typer(destinations_app, name="destinations")
 reports_app = typer.Typer(help="Report text tools: label report text with findings.",
                           no_args_is_help=True)
 app.add_typer(reports_app, name="reports")
@@ -241,6 +245,78 @@ def peers_remove(ae_title: Annotated[str, typer.Argument()]) -> None:
 
     p = _peer_call(delete, ae_title, "cli")
     console.print(f"removed peer {p['ae_title']}")
+
+
+def _destination_call(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - shared by the commands
+    from app.db.session import session_scope
+    from app.export.destinations import DestinationError, to_dict
+
+    try:
+        with session_scope() as session:
+            out = fn(session, *args, **kwargs)
+            return to_dict(out) if not isinstance(out, dict) else out
+    except DestinationError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@destinations_app.command("list")
+def destinations_list() -> None:
+    """List the destinations, what they take and how they are reached."""
+    from app.db.session import session_scope
+    from app.export.destinations import list_all, to_dict
+
+    table = Table("name", "kind", "where", "domains", "states")
+    with session_scope() as session:
+        for d in map(to_dict, list_all(session)):
+            where = (f"{d['ae_title']}@{d['host']}:{d['port']}" if d["kind"] == "dimse"
+                     else d["url"])
+            table.add_row(d["name"], d["kind"], where, ",".join(d["domains"]) or "all",
+                          ",".join(d["states"]) or "all")
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+@destinations_app.command("add")
+def destinations_add(
+        name: Annotated[str, typer.Argument()],
+        ae: Annotated[str | None, typer.Option(help="DICOM: AE title@host:port")] = None,
+        stow: Annotated[str | None, typer.Option(help="STOW-RS: the DICOMweb base URL")] = None,
+        calling_ae: Annotated[str | None, typer.Option(help="DICOM: our calling AE title")
+                              ] = None,
+        domain: Annotated[list[str] | None, typer.Option(help="cxr, ct, ecg, pathology; "
+                                                         "repeat; none: all")] = None,
+        state: Annotated[list[str] | None, typer.Option(help="draft, edited, final, amended, "
+                                                        "corrected; repeat; none: all")
+                         ] = None) -> None:
+    """Add a destination: --ae ORTHANC@pacs.example:104 or --stow https://pacs/dicom-web."""
+    from app.export.destinations import create
+
+    if (ae is None) == (stow is None):
+        console.print("[red]error:[/red] give one of --ae AE@host:port or --stow URL")
+        raise typer.Exit(2)
+    values: dict = {"domains": domain or [], "states": state or []}
+    if ae is not None:
+        title, _, address = ae.partition("@")
+        host, _, port = address.rpartition(":")
+        if not (title and host and port.isdigit()):
+            console.print("[red]error:[/red] --ae is AE@host:port, e.g. ORTHANC@10.1.2.3:104")
+            raise typer.Exit(2)
+        values |= {"kind": "dimse", "ae_title": title, "host": host, "port": int(port),
+                   "calling_ae": calling_ae or ""}
+    else:
+        values |= {"kind": "stow-rs", "url": stow}
+    d = _destination_call(create, "cli", name=name, **values)
+    console.print(f"added destination {d['name']} ({d['kind']})")
+
+
+@destinations_app.command("remove")
+def destinations_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Remove a destination (its deliveries stay in the reports' history)."""
+    from app.export.destinations import delete
+
+    d = _destination_call(delete, name, "cli")
+    console.print(f"removed destination {d['name']}")
 
 
 @app.command()

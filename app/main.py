@@ -16,13 +16,26 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api import admin, asks, dicomweb, ecg, health, kb, peers, reports, studies, system
+from app.api import (
+    admin,
+    asks,
+    destinations,
+    dicomweb,
+    ecg,
+    health,
+    kb,
+    peers,
+    reports,
+    studies,
+    system,
+)
 from app.api.openapi import install as install_openapi
 from app.api.problems import install as install_problems
 from app.config import get_settings
 
 ROUTERS = [health.router, system.router, admin.router, studies.router, asks.router,
-           reports.router, dicomweb.router, kb.router, ecg.router, peers.router]
+           reports.router, dicomweb.router, kb.router, ecg.router, peers.router,
+           destinations.router]
 
 # Swagger UI 5 and ReDoc 2 as the pinned fastapi-offline package ships them (MIT; the bundles
 # are Apache-2.0 and MIT), served under this path.

@@ -51,6 +51,9 @@ JOBS_FINISHED = Counter("medgate_jobs_total", "Jobs by how they ended: done, fai
 STORE_QUARANTINED = Counter("medgate_store_quarantined_total",
                             "Files found in the store without a row that could not be indexed "
                             "and were moved to the quarantine folder")
+DELIVERIES = Counter("medgate_deliveries_total",
+                     "Report deliveries by destination and outcome: done, retried, failed",
+                     ["destination", "outcome"])
 INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
 
 

@@ -7,15 +7,21 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, Query, Response
-from pydantic import BaseModel
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Offset, RowId, get_session, require
 from app.api.openapi import problems
 from app.api.problems import Problem
-from app.db.models import Report, Study
+from app.config import get_settings
+from app.db.models import Delivery, Job, Report, Study
+from app.db.session import session_factory
 from app.dicom.studies import timeline
+from app.export import build, delivery, destinations, fhir
+from app.export.delivery import EXPORTABLE
 from app.reports import service
 from app.reports.lifecycle import STATES, IllegalTransition
 from app.security import audit
@@ -94,6 +100,86 @@ def get_version(report_id: RowId, number: RowId, response: Response,
                  detail={"version": number})
     session.commit()
     return _body(session, report, response, number)
+
+
+def _exported(session: Session, report: Report, number: int | None) -> int:
+    number = number or report.current_version
+    if not any(v.number == number for v in report.versions):
+        raise Problem(404, "not-found", f"report {report.id} has no version {number}")
+    state = next(v.state for v in report.versions if v.number == number)
+    if state not in EXPORTABLE:
+        raise Problem(409, "not-exportable", f"version {number} is {state}: nothing to export "
+                                             "(drafts, edits and signed versions are)")
+    return number
+
+
+@router.get("/{report_id}/sr", responses={200: {"content": {"application/dicom": {}}},
+                                          **problems(409)})
+def get_sr(report_id: RowId, version: RowId | None = None,
+           p: Principal = Depends(require(*CLINICIAN)),
+           session: Session = Depends(get_session)) -> FileResponse:
+    """The version's DICOM SR (TID 1500), as stored in the study and delivered."""
+    report = _load(session, report_id, p, "report.sr")
+    number = _exported(session, report, version)
+    audit.record(session, p.actor, "report.sr", "report", str(report_id),
+                 detail={"version": number})
+    session.commit()
+    path = build.stored_sr(session_factory(get_settings().db_url), report_id, number)
+    return FileResponse(path, media_type="application/dicom",
+                        filename=f"report-{report_id}-v{number}.dcm")
+
+
+@router.get("/{report_id}/fhir", responses={200: {"content": {"application/fhir+json": {}}},
+                                            **problems(409)})
+def get_fhir(report_id: RowId, version: RowId | None = None,
+             p: Principal = Depends(require(*CLINICIAN)),
+             session: Session = Depends(get_session)) -> JSONResponse:
+    """The version as a FHIR R4 Bundle: DiagnosticReport, Observations, ImagingStudy."""
+    report = _load(session, report_id, p, "report.fhir")
+    number = _exported(session, report, version)
+    v = next(v for v in report.versions if v.number == number)
+    bundle = fhir.diagnostic_report(build.document_of(session, report, v))
+    audit.record(session, p.actor, "report.fhir", "report", str(report_id),
+                 detail={"version": number})
+    session.commit()
+    return JSONResponse(bundle, media_type="application/fhir+json")
+
+
+@router.get("/{report_id}/deliveries")
+def get_deliveries(report_id: RowId, p: Principal = Depends(require(*CLINICIAN)),
+                   session: Session = Depends(get_session)) -> dict:
+    """Each delivery of the report's versions: destination, state, attempts, last error."""
+    _load(session, report_id, p, "report.deliveries")
+    rows = session.scalars(select(Delivery).where(Delivery.report_fk == report_id)
+                           .order_by(Delivery.id)).all()
+    jobs = {j.id: j for j in session.scalars(select(Job).where(
+        Job.id.in_([r.job_fk for r in rows if r.job_fk])))}
+    return {"report": report_id,
+            "deliveries": [delivery.delivery_dict(r, jobs.get(r.job_fk)) for r in rows]}
+
+
+class ResendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    destination: str
+    version: RowId | None = None
+
+
+@router.post("/{report_id}/deliveries", status_code=202, responses=problems(409))
+def resend(report_id: RowId, body: ResendBody, p: Principal = Depends(require("admin")),
+           session: Session = Depends(get_session)) -> dict:
+    """Send a version (the current one unless named) to a destination again."""
+    report = _load(session, report_id, p, "report.resend")
+    number = _exported(session, report, body.version)
+    try:
+        dest = destinations.get(session, body.destination)
+    except destinations.DestinationError as exc:
+        raise Problem(404, "not-found", str(exc)) from exc
+    v = next(v for v in report.versions if v.number == number)
+    (made,) = delivery.enqueue(session, report, v, only=dest)
+    audit.record(session, p.actor, "report.resend", "report", str(report_id),
+                 detail={"version": number, "destination": dest.name})
+    session.commit()
+    return delivery.delivery_dict(made, session.get(Job, made.job_fk))
 
 
 def _act(session: Session, report_id: int, p: Principal, action: str, if_match: str | None,

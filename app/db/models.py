@@ -204,6 +204,46 @@ class Ask(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Destination(Base):
+    """Where report versions go: a DICOM AE (C-STORE) or a STOW-RS URL, for some domains and
+    states (an empty list means all)."""
+
+    __tablename__ = "destination"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # dimse | stow-rs
+    ae_title: Mapped[str] = mapped_column(String(16), default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    url: Mapped[str] = mapped_column(String(1024), default="")
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    domains: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    states: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Delivery(Base):
+    """One report version sent to one destination, carried by a Job of kind ``export``."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"),
+                                               nullable=True, index=True, unique=True)
+    report_fk: Mapped[int] = mapped_column(ForeignKey("report.id", ondelete="CASCADE"),
+                                           index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    destination_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("destination.id", ondelete="SET NULL"), nullable=True)
+    destination_name: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Report(Base):
     __tablename__ = "report"
 

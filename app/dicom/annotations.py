@@ -76,7 +76,7 @@ from app.dicom.seg import (
     _lo,
     _private_code,
     _private_scheme,
-    _store_derived,
+    store_derived,
 )
 from models.base import Code
 
@@ -299,4 +299,4 @@ def store_bulk_annotations(session_factory, ds: Dataset, source: str | None = No
     """Store a Bulk Annotations instance through the one validation and storage path of every
     channel (``app.dicom.store``), by default as MedGate's own derived result
     (``store.DERIVED``: its series is marked derived); raises ``store.StoreError``."""
-    return _store_derived(session_factory, ds, source)
+    return store_derived(session_factory, ds, source)

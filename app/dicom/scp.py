@@ -1,4 +1,5 @@
-"""The DIMSE SCP: Verification (C-ECHO), Storage (C-STORE) and Query (C-FIND) over DICOM TCP.
+"""The DIMSE SCP: Verification (C-ECHO), Storage (C-STORE), Query (C-FIND) and Retrieve
+(C-MOVE, C-GET) over DICOM TCP.
 
 What it does, and where the standard says so:
 
@@ -35,10 +36,22 @@ What it does, and where the standard says so:
   A peer without the query right gets a single final 0x0124 *Refused: Not Authorized* response
   and no matches: a status the standard defines for every DIMSE service (PS3.7 Annex C), where
   an A-ABORT would tell the peer nothing and cost it the association.
+* C-MOVE and C-GET (PS3.4 C.4.2, C.4.3): Study Root and Patient Root at PATIENT (Patient Root
+  only), STUDY, SERIES and IMAGE level; the identifier's unique keys are matched by
+  :mod:`app.dicom.retrieve` (with :mod:`app.dicom.query`) against everything stored, MedGate's
+  derived series included. Everything that can refuse a request is decided before the first
+  sub-operation (:meth:`DicomSCP.begin_retrieve`): no retrieve right 0x0124, a bad identifier
+  0xA900 (0xC000 when it does not decode), a move destination that is not a known peer with a
+  host and port 0xA801 (PS3.4 Table C.4-2), more than 65535 instances 0xA702. The C-STORE
+  sub-operations are pynetdicom's: C-MOVE on a new association to the destination as our AE
+  title, C-GET on the requestor's storage contexts where it took the SCP role (SCP/SCU role
+  selection); C-CANCEL stops them (0xFE00).
 * Audit (:mod:`app.security.audit`, each in a session of its own; a failed write is logged and
   never changes a DIMSE answer): every association attempt (``dicom.associate``), its store
   summary when it ends (``dicom.release``), every C-FIND (``dicom.find``: level, the names of
-  the matching keys, never their values, the number of matches) and failed TLS handshakes.
+  the matching keys, never their values, the number of matches), every C-MOVE and C-GET
+  (``dicom.move``, ``dicom.get``: level, key names, destination AE title, the sub-operation
+  counts of the final response) and failed TLS handshakes.
 
 The module never writes to the store or the database itself; it must never change a received
 data set.
@@ -62,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -79,15 +93,20 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import DIMSEMessage
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import (
     _STORAGE_CLASSES,
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -95,7 +114,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.session import session_factory
-from app.dicom import peers, query, store
+from app.dicom import peers, query, retrieve, store
 from app.security import audit
 
 log = logging.getLogger("medgate.dicom.scp")
@@ -113,6 +132,13 @@ STORAGE_TRANSFER_SYNTAXES: list[str] = NATIVE_TRANSFER_SYNTAXES + [
 STORAGE_SOP_CLASSES: list[str] = sorted(set(_STORAGE_CLASSES.values()))
 FIND_SOP_CLASSES: list[str] = [StudyRootQueryRetrieveInformationModelFind,
                                PatientRootQueryRetrieveInformationModelFind]
+MOVE_SOP_CLASSES: list[str] = [StudyRootQueryRetrieveInformationModelMove,
+                               PatientRootQueryRetrieveInformationModelMove]
+GET_SOP_CLASSES: list[str] = [StudyRootQueryRetrieveInformationModelGet,
+                              PatientRootQueryRetrieveInformationModelGet]
+PATIENT_ROOT_MODELS = frozenset({PatientRootQueryRetrieveInformationModelFind,
+                                 PatientRootQueryRetrieveInformationModelMove,
+                                 PatientRootQueryRetrieveInformationModelGet})
 
 # Maximum length of the P-DATA-TF PDUs we receive (PS3.7 D.3.3.1). Bigger means fewer PDUs
 # to handle per instance.
@@ -128,6 +154,10 @@ ANNOUNCED_DATA_SET_WAIT_SECONDS = 5.0
 TLS_HANDSHAKE_SECONDS = 10.0
 # At most this many Study Instance UIDs are kept in one association's audit summary.
 AUDIT_MAX_STUDIES = 500
+# A C-MOVE's association to its destination must be up within this long (TCP connect).
+MOVE_CONNECT_SECONDS = 10.0
+# PS3.8 9.3.2.2: at most 128 presentation contexts in one A-ASSOCIATE-RQ (odd IDs 1-255).
+MAX_REQUESTED_CONTEXTS = 128
 
 # General statuses any DIMSE service may return (PS3.7 Annex C).
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # Refused: SOP Class Not Supported
@@ -155,6 +185,17 @@ FIND_UNABLE_TO_PROCESS = 0xC000
 FIND_PENDING = 0xFF00
 FIND_PENDING_OPTIONAL_KEYS_UNSUPPORTED = 0xFF01
 FIND_CANCELLED = 0xFE00
+# C-MOVE and C-GET statuses, PS3.4 C.4.2.1.5 (Table C.4-2) and C.4.3.1.4 (Table C.4-3). The
+# sub-operation outcomes (0x0000, 0xB000, 0xA702 when all failed, 0xFE00) are pynetdicom's,
+# from the C-STORE responses; MedGate sends the refusals itself (see begin_retrieve).
+RETRIEVE_TOO_MANY = 0xA702               # Refused: Out of resources - cannot perform sub-ops
+MOVE_DESTINATION_UNKNOWN = 0xA801        # Refused: Move Destination unknown
+RETRIEVE_IDENTIFIER_DOES_NOT_MATCH = 0xA900
+RETRIEVE_UNABLE_TO_PROCESS = 0xC000
+RETRIEVE_PENDING = 0xFF00
+RETRIEVE_CANCELLED = 0xFE00
+# Number of Remaining/Completed/... Sub-operations are US (PS3.7 Table 9.3-10, 9.3-12).
+MAX_SUB_OPERATIONS = 65535
 
 # C-FIND level -> query.py level. PATIENT is answered from STUDY matches, one per patient.
 FIND_LEVELS = {"PATIENT": "STUDY", "STUDY": "STUDY", "SERIES": "SERIES", "IMAGE": "INSTANCE"}
@@ -323,12 +364,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 # Which requests must arrive on which presentation contexts (PS3.8 9.3.2.2: a context's
 # abstract syntax is the SOP class its messages use).
 _CONTEXTS_OF: dict[type, frozenset[str]] = {C_STORE: frozenset(STORAGE_SOP_CLASSES),
-                                              C_FIND: frozenset(FIND_SOP_CLASSES)}
+                                              C_FIND: frozenset(FIND_SOP_CLASSES),
+                                              C_MOVE: frozenset(MOVE_SOP_CLASSES),
+                                              C_GET: frozenset(GET_SOP_CLASSES)}
 
 
-def off_context_response(msg: Any, context: PresentationContext) -> C_STORE | C_FIND | None:
-    """The 0x0122 response to a C-STORE or C-FIND that does not belong on ``context``, or None
-    when it does (or is another kind of request, left to pynetdicom)."""
+def off_context_response(msg: Any, context: PresentationContext) -> Any:
+    """The 0x0122 response to a C-STORE, C-FIND, C-MOVE or C-GET that does not belong on
+    ``context``, or None when it does (or is another kind of request, left to pynetdicom)."""
     allowed = _CONTEXTS_OF.get(type(msg))
     abstract = str(context.abstract_syntax)
     if allowed is None or (abstract in allowed and str(msg.AffectedSOPClassUID) == abstract):
@@ -344,24 +387,56 @@ def off_context_response(msg: Any, context: PresentationContext) -> C_STORE | C_
     return rsp
 
 
+def retrieve_response(msg: C_MOVE | C_GET, code: int, comment: str) -> C_MOVE | C_GET:
+    """A final C-MOVE-RSP/C-GET-RSP with ``code`` and an Error Comment (LO, 64 characters)."""
+    rsp = type(msg)()
+    rsp.MessageIDBeingRespondedTo = msg.MessageID
+    rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    rsp.Status = code
+    rsp.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return rsp
+
+
 class _Association(Association):
-    """pynetdicom's acceptor, except that a request must fit its presentation context.
+    """pynetdicom's acceptor, except that a request must fit its presentation context, and a
+    C-MOVE or C-GET is checked before pynetdicom starts its sub-operations.
 
     pynetdicom picks the service class from the request's Affected SOP Class UID and ignores
     the context it came on: a C-STORE naming Verification on the Verification context got a
     C-ECHO-RSP, one naming a Find model made the Query/Retrieve class raise (an A-ABORT), and
     one naming CT Image Storage on the Verification or a Find context was stored. Such a
-    request is answered here, at once, with 0x0122 (see :func:`off_context_response`)."""
+    request is answered here, at once, with 0x0122 (see :func:`off_context_response`).
+
+    pynetdicom's C-MOVE handler protocol cannot refuse a request before it has associated with
+    the move destination (the destination comes first, then the number of sub-operations, and
+    only then a status). MedGate decides rights, identifier, destination and matches first
+    (:meth:`DicomSCP.begin_retrieve`) and answers a refusal itself; what it accepts goes on to
+    pynetdicom's Query/Retrieve service class and the EVT_C_MOVE/EVT_C_GET handlers."""
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         context = self._accepted_cx.get(context_id)
+        scp = getattr(self._server, "scp", None)
         if context is not None and not self._sent_release and msg.is_valid_request:
             rsp = off_context_response(msg, context)
             if rsp is not None:
-                scp = getattr(self._server, "scp", None)
                 if scp is not None:
                     scp.refused_off_context(self, msg, context)
                 self.dimse.send_msg(rsp, context_id)
+                return
+            if isinstance(msg, C_MOVE | C_GET) and scp is not None:
+                try:
+                    rsp = scp.begin_retrieve(self, msg, context)
+                except Exception as exc:  # noqa: BLE001 - answer, keep the association
+                    log.exception("C-MOVE/C-GET could not be checked")
+                    rsp = retrieve_response(msg, RETRIEVE_UNABLE_TO_PROCESS,
+                                            f"unable to process: {type(exc).__name__}")
+                if rsp is not None:
+                    self.dimse.send_msg(rsp, context_id)
+                    return
+                try:
+                    super()._serve_request(msg, context_id)
+                finally:
+                    scp.end_retrieve(self)
                 return
         super()._serve_request(msg, context_id)
 
@@ -423,6 +498,7 @@ class _AssocState:
     started: float = field(default_factory=time.monotonic)
     closed: bool = False
     waiting: tuple[Any, float, bool] | None = None  # (message, since, completed)
+    retrieval: _Retrieval | None = None  # the C-MOVE or C-GET being served
 
     @property
     def actor(self) -> str:
@@ -430,6 +506,38 @@ class _AssocState:
 
     def may(self, action: str) -> bool:
         return self.decision is not None and self.decision.may(action)
+
+
+@dataclass
+class _Retrieval:
+    """One accepted C-MOVE or C-GET: what to send, where, and what the peer was last told."""
+
+    service: str                          # "move" or "get"
+    record: dict[str, Any]                # the audit detail, counts added at the end
+    items: list[retrieve.Item]
+    destination: tuple[str, int] | None = None   # C-MOVE: (host, port) of the move destination
+    contexts: list[PresentationContext] = field(default_factory=list)  # C-MOVE: proposed
+    last: dict[str, int] = field(default_factory=dict)  # status and counts of the last response
+
+
+def move_contexts(items: list[retrieve.Item]) -> list[PresentationContext]:
+    """The presentation contexts to propose to a move destination: one per (SOP class, stored
+    transfer syntax), the stored syntax first; a native one also offers Explicit and Implicit VR
+    Little Endian (pynetdicom converts between native encodings, never to or from a compressed
+    one). At most 128 (PS3.8 9.3.2.2); instances left without a context fail."""
+    contexts: list[PresentationContext] = []
+    for sop_class, tsuid in dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid)
+                                          for i in items):
+        if len(contexts) == MAX_REQUESTED_CONTEXTS:
+            log.warning("C-MOVE: more than %d SOP class/transfer syntax pairs; the instances "
+                        "of the others will fail", MAX_REQUESTED_CONTEXTS)
+            break
+        syntaxes = [tsuid] if tsuid else []  # an old row may lack it: native, then
+        if not tsuid or tsuid in NATIVE_TRANSFER_SYNTAXES:
+            syntaxes += [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+                         if ts != tsuid]
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts
 
 
 class DicomSCP:
@@ -451,10 +559,15 @@ class DicomSCP:
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = MAX_PDU_SIZE
+        ae.connection_timeout = MOVE_CONNECT_SECONDS  # only our own (C-MOVE) associations
         ae.add_supported_context(Verification, NATIVE_TRANSFER_SYNTAXES)
         for uid in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(uid, STORAGE_TRANSFER_SYNTAXES)
-        for uid in FIND_SOP_CLASSES:
+            # SCP/SCU Role Selection (PS3.7 D.3.3.4): a requestor may also take the storage
+            # SCP role, so that MedGate sends it the instances of a C-GET on that context. A
+            # requestor that proposes no role selection gets the default roles (it stores to us).
+            ae.add_supported_context(uid, STORAGE_TRANSFER_SYNTAXES, scu_role=True,
+                                     scp_role=True)
+        for uid in FIND_SOP_CLASSES + MOVE_SOP_CLASSES + GET_SOP_CLASSES:
             ae.add_supported_context(uid, NATIVE_TRANSFER_SYNTAXES)
         # pynetdicom answers A-ASSOCIATE-RJ (1 rejected-permanent, 1 service-user, 7 called AE
         # title not recognised) to a request for any other AE. Calling AE titles are checked
@@ -468,7 +581,8 @@ class DicomSCP:
                 (evt.EVT_REQUESTED, self.on_requested), (evt.EVT_ACCEPTED, self.on_accepted),
                 (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_RELEASED, self.on_closed),
                 (evt.EVT_ABORTED, self.on_closed), (evt.EVT_C_ECHO, self.on_c_echo),
-                (evt.EVT_C_STORE, self.on_c_store), (evt.EVT_C_FIND, self.on_c_find)]
+                (evt.EVT_C_STORE, self.on_c_store), (evt.EVT_C_FIND, self.on_c_find),
+                (evt.EVT_C_MOVE, self.on_c_move), (evt.EVT_C_GET, self.on_c_get)]
 
     def _listen(self, port: int, tls: ssl.SSLContext | None) -> ThreadedAssociationServer:
         address = (str(self.settings.dicom_host), port)
@@ -636,14 +750,15 @@ class DicomSCP:
         c = st.counts
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info("association from %s %s: %d stored, %d already stored, %d failed, "
-                 "%d refused, %d queries", st.calling, how, c["stored"], c["identical"],
-                 c["failed"], c["refused"], c["find"])
+                 "%d refused, %d queries, %d moves, %d gets", st.calling, how, c["stored"],
+                 c["identical"], c["failed"], c["refused"], c["find"], c["move"], c["get"])
         self._audit(st.actor, "dicom.release", "dicom_association", st.id,
                     "success" if how == "released" else "aborted", {
                         "association": st.id, "calling_ae": st.calling,
                         "address": st.address, "tls": st.tls, "how": how,
                         "stored": c["stored"], "identical": c["identical"],
                         "failed": c["failed"], "refused": c["refused"], "finds": c["find"],
+                        "moves": c["move"], "gets": c["get"],
                         "study_uids": list(st.studies),
                         "study_uids_truncated": st.studies_truncated,
                         "seconds": round(time.monotonic() - st.started, 3)})
@@ -853,6 +968,191 @@ class DicomSCP:
         record["matches"] = len(matches)
         audited("success", 0x0000)
         # pynetdicom sends the final 0x0000 Success response after the last pending one.
+
+    # -- C-MOVE and C-GET ---------------------------------------------------------------
+
+    def begin_retrieve(self, assoc: Association, msg: C_MOVE | C_GET,
+                       context: PresentationContext) -> C_MOVE | C_GET | None:
+        """Decide on a C-MOVE or C-GET before any sub-operation: the refusal to send at once,
+        or None with the plan kept for the handler (:class:`_Retrieval`).
+
+        In order: the retrieve right (0x0124), the identifier (0xC000 when it does not decode,
+        0xA900 when it is not a retrieve identifier of this model), the move destination
+        (0xA801 unless a known peer with a host and port), the matching (0xA900, or 0xC000 when
+        the database fails), and at most 65535 instances (0xA702)."""
+        st = self._state(assoc)
+        service = "move" if isinstance(msg, C_MOVE) else "get"
+        st.counts[service] += 1
+        model = str(msg.AffectedSOPClassUID)
+        record: dict[str, Any] = {
+            "association": st.id, "calling_ae": st.calling,
+            "model": "patient" if model in PATIENT_ROOT_MODELS else "study",
+            "level": "", "keys": [], "instances": 0}
+        if service == "move":
+            record["destination"] = str(msg.MoveDestination or "").strip()
+
+        def refuse(code: int, comment: str, outcome: str = "failure") -> C_MOVE | C_GET:
+            log.warning("C-%s from %s refused (0x%04X): %s", service.upper(), st.calling, code,
+                        comment)
+            self._audit(st.actor, f"dicom.{service}", "dicom_retrieve", st.id, outcome,
+                        record | {"status": f"0x{code:04X}"})
+            return retrieve_response(msg, code, comment)
+
+        if not st.may("retrieve"):
+            return refuse(NOT_AUTHORISED, f"{st.calling} may not retrieve from this AE",
+                          "refused")
+        try:
+            ts = context.transfer_syntax[0]
+            identifier = decode(msg.Identifier, ts.is_implicit_VR, ts.is_little_endian,
+                                ts.is_deflated)
+            if identifier is None:
+                raise ValueError("no identifier")
+            record["level"] = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+        except Exception as exc:  # noqa: BLE001 - an identifier that does not decode
+            return refuse(RETRIEVE_UNABLE_TO_PROCESS,
+                          f"identifier not readable: {type(exc).__name__}")
+        try:
+            request = retrieve.parse_identifier(identifier, model in PATIENT_ROOT_MODELS)
+        except retrieve.RetrieveError as exc:
+            return refuse(RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        record["level"], record["keys"] = request.level, sorted(request.keys)
+        destination: tuple[str, int] | None = None
+        unknown = ""  # why the move destination is unknown
+        items: list[retrieve.Item] = []
+        try:
+            with self.sessions() as session:
+                if service == "move":
+                    destination, unknown = self._move_destination(session,
+                                                                  record["destination"])
+                if not unknown:
+                    items = retrieve.matching_instances(session, request)
+        except query.QueryError as exc:
+            return refuse(RETRIEVE_IDENTIFIER_DOES_NOT_MATCH, str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is down
+            log.exception("C-%s from %s failed", service.upper(), st.calling)
+            return refuse(RETRIEVE_UNABLE_TO_PROCESS, f"unable to process: {type(exc).__name__}")
+        if unknown:
+            return refuse(MOVE_DESTINATION_UNKNOWN, unknown)
+        record["instances"] = len(items)
+        if len(items) > MAX_SUB_OPERATIONS:
+            return refuse(RETRIEVE_TOO_MANY, f"{len(items)} instances match; at most "
+                          f"{MAX_SUB_OPERATIONS} per request")
+        st.retrieval = _Retrieval(service, record, items, destination,
+                                  move_contexts(items) if service == "move" else [])
+        assoc.bind(evt.EVT_DIMSE_SENT, self.on_retrieve_response)
+        return None
+
+    @staticmethod
+    def _move_destination(session: Session, ae_title: str) -> tuple[tuple[str, int] | None, str]:
+        """(host, port) of a move destination, or None and why: it must be a known peer with
+        a single host (an address or a name, not "any" or a network) and a port."""
+        peer = peers.find(session, ae_title) if ae_title else None
+        if peer is None:
+            return None, f"move destination {ae_title!r} is not a known peer"
+        if not peer.host or "/" in peer.host or not peer.port:
+            return None, f"move destination {peer.ae_title!r} has no host and port"
+        return (peer.host, int(peer.port)), ""
+
+    def on_retrieve_response(self, event: evt.Event) -> None:
+        """EVT_DIMSE_SENT during a C-MOVE/C-GET: keep the status and counts of the last
+        C-MOVE-RSP/C-GET-RSP, which end_retrieve audits."""
+        msg = event.message
+        st = self._assocs.get(event.assoc)
+        if st is None or st.retrieval is None or not isinstance(msg, C_MOVE_RSP | C_GET_RSP):
+            return
+        cs = msg.command_set
+        st.retrieval.last = {k: int(cs[k].value) for k in (
+            "Status", "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
+            if k in cs and cs[k].value is not None}
+
+    def end_retrieve(self, assoc: Association) -> None:
+        """After pynetdicom has served an accepted C-MOVE/C-GET: audit it with the counts of
+        its last response (``aborted`` when no final response went out)."""
+        st = self._assocs.get(assoc)
+        plan = st.retrieval if st is not None else None
+        if st is None or plan is None:
+            return
+        st.retrieval = None
+        with contextlib.suppress(Exception):
+            assoc.unbind(evt.EVT_DIMSE_SENT, self.on_retrieve_response)
+        last = plan.last
+        status = last.get("Status")
+        if status is None or status == RETRIEVE_PENDING:
+            outcome = "aborted"
+        elif status == RETRIEVE_CANCELLED:
+            outcome = "cancelled"
+        elif status == 0x0000:
+            outcome = "success"
+        elif status == 0xB000:
+            outcome = "warning"
+        else:
+            outcome = "failure"
+        detail = plan.record | {
+            "status": f"0x{status:04X}" if status is not None else None,
+            "completed": last.get("NumberOfCompletedSuboperations", 0),
+            "failed": last.get("NumberOfFailedSuboperations", 0),
+            "warning": last.get("NumberOfWarningSuboperations", 0),
+            "remaining": last.get("NumberOfRemainingSuboperations", 0)}
+        log.info("C-%s from %s%s: %s, %d instances: %d completed, %d failed, %d warning",
+                 plan.service.upper(), st.calling,
+                 f" to {plan.record['destination']}" if plan.service == "move" else "",
+                 detail["status"], len(plan.items), detail["completed"], detail["failed"],
+                 detail["warning"])
+        self._audit(st.actor, f"dicom.{plan.service}", "dicom_retrieve", st.id, outcome, detail)
+
+    def _plan(self, event: evt.Event, service: str) -> _Retrieval:
+        st = self._assocs.get(event.assoc)
+        plan = st.retrieval if st is not None else None
+        if plan is None or plan.service != service:
+            # begin_retrieve runs before every C-MOVE/C-GET; pynetdicom answers 0xC5xx/0xC4xx
+            raise RuntimeError(f"C-{service.upper()} without a plan")
+        return plan
+
+    def on_c_move(self, event: evt.Event) -> Iterator[Any]:
+        """pynetdicom's EVT_C_MOVE protocol: the destination, the number of sub-operations,
+        then one (status, data set) per instance; pynetdicom associates with the destination as
+        MedGate's AE title, proposing :func:`move_contexts`, and sends each data set by C-STORE."""
+        plan = self._plan(event, "move")
+        assert plan.destination is not None
+        yield (*plan.destination, {"contexts": plan.contexts})
+        yield len(plan.items)
+        yield from self._sub_operations(event, plan)
+
+    def on_c_get(self, event: evt.Event) -> Iterator[Any]:
+        """pynetdicom's EVT_C_GET protocol: the number of sub-operations, then one (status,
+        data set) per instance, sent by C-STORE on this association's storage contexts where
+        the requestor took the SCP role. One without such a context fails (counted failed)."""
+        plan = self._plan(event, "get")
+        yield len(plan.items)
+        yield from self._sub_operations(event, plan)
+
+    def _sub_operations(self, event: evt.Event, plan: _Retrieval
+                        ) -> Iterator[tuple[int, Dataset | None]]:
+        for item in plan.items:
+            if event.is_cancelled:
+                # PS3.4 C.4.2.3.1 / C.4.3.3.1: C-CANCEL ends the sub-operations; pynetdicom
+                # sends 0xFE00 with the counts so far and the Failed SOP Instance UID List.
+                yield RETRIEVE_CANCELLED, None
+                return
+            yield RETRIEVE_PENDING, self._instance(item)
+
+    def _instance(self, item: retrieve.Item) -> Dataset:
+        """The stored instance as pydicom reads it (pynetdicom encodes it again in the transfer
+        syntax of the context; for an unchanged data set in the stored syntax that gives back
+        the stored bytes). A file that cannot be read becomes a data set with only the two UIDs
+        and no transfer syntax, which pynetdicom cannot send: that sub-operation fails and its
+        SOP Instance UID goes into the Failed SOP Instance UID List."""
+        path = self.settings.store_dir / item.path
+        try:
+            return pydicom.dcmread(path)
+        except Exception as exc:  # noqa: BLE001 - counted as a failed sub-operation
+            log.error("stored instance %s (%s) cannot be read: %s", item.sop_instance_uid, path,
+                      exc)
+            failed = Dataset()
+            failed.SOPClassUID = item.sop_class_uid
+            failed.SOPInstanceUID = item.sop_instance_uid
+            return failed
 
 
 def _peer_silent_for(assoc: Association) -> float:

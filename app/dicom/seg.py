@@ -338,11 +338,12 @@ def store_segmentation(session_factory, ds: Dataset, source: str | None = None) 
     (``app.dicom.store``), by default as MedGate's own derived result (``store.DERIVED``: its
     series is marked derived); raises ``store.StoreError`` as C-STORE and STOW-RS would see it.
     The bytes are spooled straight into the store's temporary folder (no file of the caller's)."""
-    return _store_derived(session_factory, ds, source)
+    return store_derived(session_factory, ds, source)
 
 
-def _store_derived(session_factory, ds: Dataset, source: str | None) -> Stored:
-    """One of MedGate's own instances (SEG, bulk annotations) into ``app.dicom.store``."""
+def store_derived(session_factory, ds: Dataset, source: str | None = None) -> Stored:
+    """One of MedGate's own instances (SEG, SR, bulk annotations) into ``app.dicom.store``,
+    its series marked derived."""
     from app.dicom import store
 
     tmp, sha256, size = store.spool([to_bytes(ds)])

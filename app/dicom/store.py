@@ -14,8 +14,14 @@ Order of work for one instance (nothing half-done survives a failure):
 one fsync per folder for all of them, each file still with its own outcome.
 
 The bytes stored are the bytes received. The same SOPInstanceUID again with identical bytes is a
-success that changes nothing; with different bytes the first copy is kept and the sender gets
-failure 0x0111 (Duplicate SOP Instance, PS3.7 C.4.2.1.4 general status).
+success that changes nothing. Only when the SHA-256 differs are the two data sets compared
+(:func:`app.dicom.equivalence.same_data_set`: preamble, file meta, group lengths and trailing
+padding ignored, values decoded, pixel data compared as bytes or as decoded pixels): the same
+data set in another encoding (Explicit VR over C-STORE, Implicit VR over STOW-RS, another file
+meta) is the same instance, a success that changes nothing, and the first copy is kept; a
+different data set is refused with 0x0111 (Duplicate SOP Instance, a PS3.7 Annex C general
+status) and the first copy is kept too. A new copy is compared with the stored one before the
+transaction writes anything, so no database write lock is held while two files are decoded.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import MAX_INT, Instance, Patient, Series, Study
-from app.dicom import structure
+from app.dicom import equivalence, structure
 from app.dicom.structure import PIXEL_TAGS, PixelElement
 from app.faults import crash_point
 from app.pipeline import grouping
@@ -86,7 +92,7 @@ class Stored:
     series_uid: str
     transfer_syntax_uid: str
     path: Path
-    created: bool  # False: identical bytes were already stored
+    created: bool  # False: the same instance (same bytes or same data set) was already stored
 
 
 WRITER = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
@@ -490,9 +496,10 @@ def store_many(session_factory, spooled: list[tuple[Path, str, int]],
             except OSError as exc:
                 outcomes[i] = _os_error(exc)
                 valid.remove((i, v))
+        same: dict[tuple[str, str], bool] = {}  # data set comparisons, kept across retries
         for attempt in range(3):
             try:
-                for i, result in _index_and_move(session_factory, valid, source):
+                for i, result in _index_and_move(session_factory, valid, source, same):
                     outcomes[i] = result
                 break
             except IntegrityError as exc:
@@ -513,28 +520,72 @@ def store_many(session_factory, spooled: list[tuple[Path, str, int]],
             for o in outcomes]
 
 
-def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
-                    source: str) -> list[tuple[int, Stored | StoreError]]:
+@dataclass(frozen=True)
+class _Prior:
+    """The copy of a SOP Instance that is already stored (or earlier in the same request)."""
+
+    sha256: str
+    path: Path          # its file, to compare with (a spooled one for one earlier in the request)
+    final: Path         # where it is (or will be) in the store
+    tsuid: str
+
+
+def _stored_priors(session: Session, sop_uids: list[str]) -> dict[str, _Prior]:
+    if not sop_uids:
+        return {}
     store_dir = get_settings().store_dir
+    rows = session.execute(select(Instance.sop_instance_uid, Instance.sha256, Instance.path,
+                                  Instance.transfer_syntax_uid)
+                           .where(Instance.sop_instance_uid.in_(sop_uids))).all()
+    return {uid: _Prior(sha, store_dir / path, store_dir / path, ts)
+            for uid, sha, path, ts in rows}
+
+
+def _same(prior: _Prior, v: _Valid, same: dict[tuple[str, str], bool]) -> bool:
+    """Whether ``v`` is the instance ``prior`` already is: the same bytes, or (only when the
+    SHA-256 differs) the same data set (:mod:`app.dicom.equivalence`). Memoised in ``same``."""
+    if prior.sha256 == v.sha256:
+        return True
+    key = (prior.sha256, v.sha256)
+    if key not in same:
+        same[key] = equivalence.same_data_set(prior.path, v.tmp)
+    return same[key]
+
+
+def _index_and_move(session_factory, valid: list[tuple[int, _Valid]], source: str,
+                    same: dict[tuple[str, str], bool] | None = None
+                    ) -> list[tuple[int, Stored | StoreError]]:
+    store_dir = get_settings().store_dir
+    same = {} if same is None else same
     results: list[tuple[int, Stored | StoreError]] = []
     moved: list[Path] = []
     with session_factory() as session:
-        existing = dict(session.execute(
-            select(Instance.sop_instance_uid, Instance.sha256)
-            .where(Instance.sop_instance_uid.in_([v.sop_inst for _, v in valid]))).all()) \
-            if valid else {}
+        existing = _stored_priors(session, [v.sop_inst for _, v in valid])
+        # Copies of stored instances are compared before this transaction writes anything: no
+        # write lock is held while two files are decoded (only two encodings of one instance
+        # within one request are compared later, in the loop).
+        for _, v in valid:
+            if v.sop_inst in existing:
+                _same(existing[v.sop_inst], v, same)
         rows = _Rows(session, derived=source == DERIVED)
         pending: list[tuple[int, _Valid, Path]] = []
-        seen: dict[str, str] = {}
+        seen: dict[str, _Prior] = {}
         for i, v in valid:
             prior = existing.get(v.sop_inst, seen.get(v.sop_inst))
+            if prior is not None:
+                if _same(prior, v, same):
+                    # the same instance: the first copy stays, and its path is the answer
+                    results.append((i, Stored(v.sop_class, v.sop_inst, v.study_uid,
+                                              v.series_uid, prior.tsuid, prior.final,
+                                              created=False)))
+                else:
+                    results.append((i, StoreError(
+                        DUPLICATE_SOP_INSTANCE, f"SOP Instance {v.sop_inst} is already stored "
+                        "with different content; the first copy is kept", v.sop_class,
+                        v.sop_inst)))
+                continue
             stored = Stored(v.sop_class, v.sop_inst, v.study_uid, v.series_uid, v.tsuid,
                             final_path(v.study_uid, v.series_uid, v.sop_inst), created=False)
-            if prior is not None:
-                results.append((i, stored if prior == v.sha256 else StoreError(
-                    DUPLICATE_SOP_INSTANCE, f"SOP Instance {v.sop_inst} is already stored with "
-                    "different content; the first copy is kept", v.sop_class, v.sop_inst)))
-                continue
             try:
                 series = rows.series_of(v)
             except StoreError as exc:
@@ -547,7 +598,7 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]],
                                  transfer_syntax_uid=v.tsuid,
                                  path=str(dest.relative_to(store_dir)), size=v.size,
                                  sha256=v.sha256))
-            seen[v.sop_inst] = v.sha256
+            seen[v.sop_inst] = _Prior(v.sha256, v.tmp, dest, v.tsuid)
             pending.append((i, v, dest))
         for uid, study in rows.studies.items():
             if any(v.study_uid == uid for _, v, _ in pending):

@@ -20,19 +20,17 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import Instance, Job, Series, Study, utcnow
 from app.dicom.headers import read_header
-from app.pipeline import routes_store
+from app.pipeline import dispatch, routes_store
 from app.pipeline.routing import StudyMeta, match, summarise
 from app.timeline import add_event
 
 log = logging.getLogger("medgate.jobs")
-
-_SEND_KEY = "medgate_jobs_to_send"
 
 
 def idempotency_key(study_uid: str, rule: str, pipeline: list[str],
@@ -116,10 +114,7 @@ def route_study(session: Session, study: Study, salt: str = "",
 
 def send_after_commit(session: Session, job: Job) -> None:
     """Send the job's message once the transaction that made it commits."""
-    session.info.setdefault(_SEND_KEY, []).append((job.id, job.queue))
-
-
-RUN_JOB_TASK = "medgate.run_job"  # app.pipeline.tasks.run_job, sent by name (no import circle)
+    dispatch.send_after_commit(session, job.id, job.queue)
 
 
 def open_jobs(session: Session, study: Study) -> list[int]:
@@ -142,26 +137,7 @@ def reanalyze(session: Session, study: Study, actor: str,
     return route_study(session, study, salt=uuid.uuid4().hex, extra=extra)
 
 
-def send(job_id: int, queue: str) -> bool:
-    from app.pipeline.celery_app import celery_app
-
-    try:
-        celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=False)
-        return True
-    except Exception as exc:  # noqa: BLE001 - the sweeper sends it again later
-        log.warning("could not send job %s to %s: %s", job_id, queue, exc)
-        return False
-
-
-@event.listens_for(Session, "after_commit")
-def _send_after_commit(session: Session) -> None:
-    for job_id, queue in session.info.pop(_SEND_KEY, []):
-        send(job_id, queue)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_on_rollback(session: Session) -> None:
-    session.info.pop(_SEND_KEY, None)
+send = dispatch.send  # the sweeper re-sends through the same path
 
 
 def claim(session: Session, job_id: int) -> str | None:

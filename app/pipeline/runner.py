@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.db.models import Ask, Instance, Job, Patient, Series, Study
+from app.db.models import Ask, Delivery, Instance, Job, Patient, Series, Study
 from app.db.session import session_factory
 from app.dicom.headers import read_header
 from app.pipeline import asks, derived, jobs
@@ -249,7 +249,7 @@ def execute(job_id: int) -> str:
         if token is None:
             return "skipped"
         job = session.get(Job, job_id)
-        domain = job.domain
+        domain, kind = job.domain, job.kind
         if job.queued_at and job.started_at:
             metrics.QUEUE_WAIT.labels(domain=job.domain).observe(
                 max(0.0, (job.started_at - job.queued_at).total_seconds()))
@@ -258,6 +258,8 @@ def execute(job_id: int) -> str:
     started = time.perf_counter()
     plan: _Plan | None = None
     try:
+        if kind == "export":
+            return _deliver(factory, job_id, token, started)
         with factory() as session:
             plan = _plan(session, job_id)
             session.rollback()  # no transaction stays open while the models run
@@ -305,6 +307,42 @@ def execute(job_id: int) -> str:
         return "failed"
     finally:
         heart.stop_event.set()
+
+
+def _deliver(factory, job_id: int, token: str, started: float) -> str:  # noqa: ANN001
+    """Send a report version's SR to its destination; a refusal for good fails the job, a
+    fault that may pass is retried (``app.export.delivery``)."""
+    from app.export import build, delivery
+    from app.export.sr import SRError
+
+    with factory() as session:
+        d, dest, report, version, _ = delivery.load(session, job_id)
+        report_id, number, name, study_fk = report.id, version.number, dest.name, report.study_fk
+        session.expunge(dest)
+    try:
+        path = build.stored_sr(factory, report_id, number)
+        status = delivery.send(dest, path)
+    except delivery.Transient as exc:
+        metrics.DELIVERIES.labels(destination=name, outcome="retried").inc()
+        raise TransientError(f"delivery to {name}: {exc}") from exc
+    except (delivery.Permanent, SRError) as exc:
+        metrics.DELIVERIES.labels(destination=name, outcome="failed").inc()
+        raise PermanentError(f"delivery to {name}: {exc}") from exc
+    import pydicom
+
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    with factory() as session:
+        if not jobs.finish(session, job_id, token,
+                           {"total": round(time.perf_counter() - started, 4)}):
+            session.rollback()
+            return "skipped"
+        row = session.scalar(select(Delivery).where(Delivery.job_fk == job_id))
+        row.sop_instance_uid, row.status = uid, status
+        add_event(session, study_fk, "delivered", job=job_id, report=report_id,
+                  version=number, destination=name, status=status)
+        session.commit()
+    metrics.DELIVERIES.labels(destination=name, outcome="done").inc()
+    return "done"
 
 
 def _write_draft(session: Session, plan: _Plan, job_id: int, draft: Any,

@@ -24,6 +24,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, Patient, Report, ReportVersion, Study, StudyEvent, utcnow
+from app.export import delivery
 from app.reports.draft import SECTIONS
 from app.reports.lifecycle import FHIR_STATUS, SIGNED, allowed_actions, next_state
 from models.cxr import labeller as cxr_labeller
@@ -118,6 +119,7 @@ def _add_version(session: Session, report: Report, state: str, sections: dict[st
                            reason)
     report.current_version = version.number
     report.state = state
+    delivery.enqueue(session, report, version)
     return version
 
 
