@@ -537,6 +537,11 @@ class StudyInput:
     earlier: list[EngineResult] = field(default_factory=list)
     knowledge: Callable[[str, str], list[dict[str, Any]]] | None = None
 
+    def instance_path(self, uid: str | None) -> Path | None:
+        """The file of the instance with SOP Instance UID ``uid``, or None."""
+        return next((i.path for s in self.series for i in s.instances
+                     if i.sop_instance_uid == uid), None)
+
     def __post_init__(self) -> None:
         _require(self.domain in DOMAINS, f"domain must be one of {DOMAINS}, not {self.domain!r}")
         self.paths = [Path(p) for p in self.paths]

@@ -76,7 +76,6 @@ from app.dicom.seg import (
     _lo,
     _private_code,
     _private_scheme,
-    store_derived,
 )
 from models.base import Code
 
@@ -299,4 +298,6 @@ def store_bulk_annotations(session_factory, ds: Dataset, source: str | None = No
     """Store a Bulk Annotations instance through the one validation and storage path of every
     channel (``app.dicom.store``), by default as MedGate's own derived result
     (``store.DERIVED``: its series is marked derived); raises ``store.StoreError``."""
-    return store_derived(session_factory, ds, source)
+    from app.dicom import store
+
+    return store.store_dataset(session_factory, ds, source or store.DERIVED)

@@ -334,18 +334,8 @@ def to_bytes(ds: Dataset) -> bytes:
 
 
 def store_segmentation(session_factory, ds: Dataset, source: str | None = None) -> Stored:
-    """Store a SEG through the one validation and storage path of every channel
-    (``app.dicom.store``), by default as MedGate's own derived result (``store.DERIVED``: its
-    series is marked derived); raises ``store.StoreError`` as C-STORE and STOW-RS would see it.
-    The bytes are spooled straight into the store's temporary folder (no file of the caller's)."""
-    return store_derived(session_factory, ds, source)
-
-
-def store_derived(session_factory, ds: Dataset, source: str | None = None) -> Stored:
-    """One of MedGate's own instances (SEG, SR, bulk annotations) into ``app.dicom.store``,
-    its series marked derived."""
+    """Store a SEG as MedGate's own derived result (``app.dicom.store.store_dataset``); raises
+    ``store.StoreError`` as C-STORE and STOW-RS would see it."""
     from app.dicom import store
 
-    tmp, sha256, size = store.spool([to_bytes(ds)])
-    return store.store_spooled(session_factory, tmp, sha256, size,
-                               source=store.DERIVED if source is None else source)
+    return store.store_dataset(session_factory, ds, source or store.DERIVED)

@@ -633,3 +633,15 @@ def store_path(session_factory, path: Path, source: str = "") -> Stored:
     with open(path, "rb") as fh:
         tmp, sha, size = spool_file(fh)
     return store_spooled(session_factory, tmp, sha, size, source=source)
+
+
+def store_dataset(session_factory, ds: Dataset, source: str = DERIVED) -> Stored:
+    """Store an in-memory data set (MedGate's own SEG, SR, bulk annotations: by default as a
+    derived series) through the same validation and path as every channel; the bytes are
+    spooled straight into the store's temporary folder."""
+    import io
+
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    tmp, sha256, size = spool([buf.getvalue()])
+    return store_spooled(session_factory, tmp, sha256, size, source=source)

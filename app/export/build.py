@@ -113,8 +113,7 @@ def document_of(session: Session, report: Report, version: ReportVersion) -> Rep
 def stored_sr(factory, report_id: int, number: int) -> Path:  # noqa: ANN001
     """The file of a version's SR in the store, made and stored the first time it is asked
     for. Raises ``app.export.sr.SRError`` for a version that has nothing to export."""
-    from app.dicom.seg import store_derived
-    from app.dicom.store import StoreError
+    from app.dicom.store import StoreError, store_dataset
     from app.export.sr import build_sr
 
     with factory() as session:
@@ -130,7 +129,7 @@ def stored_sr(factory, report_id: int, number: int) -> Path:  # noqa: ANN001
     ds = build_sr(doc, series_uid=series_uid, instance_number=number)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
     try:
-        return store_derived(factory, ds).path
+        return store_dataset(factory, ds).path
     except StoreError:
         with factory() as session:  # made at the same moment by another worker
             row = session.scalar(select(Instance).where(Instance.sop_instance_uid == uid))

@@ -34,6 +34,7 @@ from app.pipeline.grouping import provisional_domain
 from app.registry.versions import resolve
 from app.timeline import add_event
 from models.base import ContractError, EngineResult, Prompt
+from models.masks import write_mask
 
 # The families that answer a question about an image, and the domains each reads. MedPLIB is
 # the one that takes a point or a drawn mask and returns a mask; MedRegA answers about a box
@@ -256,7 +257,7 @@ def create_ask(session: Session, study: Study, req: AskRequest, actor: str) -> A
     session.flush()
     if mask is not None:
         folder = ask_dir(study.study_uid, ask.id)
-        _write_png(folder / "mask.png", mask)
+        write_mask(folder, "mask", mask)
         session.info.setdefault(_FILES_KEY, []).append(folder)
     add_event(session, study.id, "ask", job=job.id, ask=ask.id, family=family)
     jobs.send_after_commit(session, job)
@@ -265,12 +266,6 @@ def create_ask(session: Session, study: Study, req: AskRequest, actor: str) -> A
 
 def ask_dir(study_uid: str, ask_id: int) -> Path:
     return get_settings().asks_dir / study_uid / f"ask-{ask_id}"
-
-
-def _write_png(path: Path, mask: np.ndarray) -> None:
-    from models.masks import write_mask
-
-    write_mask(path.parent, path.stem, mask)
 
 
 def prompt_of(ask: Ask, study_uid: str) -> Prompt:

@@ -9,7 +9,6 @@ WADO-RS returns them while routing and the engines never take them for input.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -31,14 +30,6 @@ log = logging.getLogger("medgate.derived")
 REFERENCE_NOTE = "reference model, not for clinical use"
 
 
-def _source_path(study: StudyInput, uid: str | None) -> Path | None:
-    for series in study.series:
-        for inst in series.instances:
-            if inst.sop_instance_uid == uid:
-                return inst.path
-    return None
-
-
 def _segments(region: Region) -> list[SegmentMask]:
     """One segment per label value of the mask (a 0/1 mask is one segment)."""
     labels = read_mask(region.mask_path)
@@ -51,7 +42,7 @@ def _segments(region: Region) -> list[SegmentMask]:
 
 
 def _seg_of(study: StudyInput, result: EngineResult, region: Region) -> pydicom.Dataset:
-    source = _source_path(study, region.instance_uid)
+    source = study.instance_path(region.instance_uid)
     if source is None:
         raise SegError(f"region {region.id} names instance {region.instance_uid}, which is "
                        "not in the job's input")
@@ -88,7 +79,7 @@ def store_masks(factory, study: StudyInput, results: list[EngineResult]  # noqa:
 
 
 def _annotations_of(study: StudyInput, result: EngineResult, item: dict) -> pydicom.Dataset:
-    source = _source_path(study, item.get("instance_uid"))
+    source = study.instance_path(item.get("instance_uid"))
     if source is None:
         raise AnnotationError(f"annotations name instance {item.get('instance_uid')}, which is "
                               "not in the job's input")

@@ -323,11 +323,10 @@ class MedPLIBEngine:
 
 def _source(study: StudyInput) -> tuple[Path, str]:
     uid = study.prompt.instance_uid if study.prompt else None
-    for series in study.series:
-        for inst in series.instances:
-            if inst.sop_instance_uid == uid:
-                return inst.path, uid
-    raise InputError(f"the question points at instance {uid}, which is not in this study")
+    path = study.instance_path(uid)
+    if path is None:
+        raise InputError(f"the question points at instance {uid}, which is not in this study")
+    return path, uid
 
 
 def _label(question: str) -> str:

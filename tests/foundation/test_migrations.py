@@ -9,6 +9,16 @@ from app.db.models import Base
 from app.db.session import get_engine
 from tests.conftest import configure_env
 
+
+def pipelines() -> dict:
+    """The stored routing rules' pipelines by rule name."""
+    from app.db.session import session_scope
+    from app.pipeline import routes_store
+
+    with session_scope() as s:
+        return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
+
+
 TABLES = {"patient", "study", "series", "instance", "job", "report", "report_version",
           "model_version", "audit_event", "api_key"}
 
@@ -35,16 +45,10 @@ def test_newest_migration_matches_the_models(monkeypatch, tmp_path, db_url):
 
 
 def test_0005_makes_merl_optional_in_the_shipped_ecg_rules_only(monkeypatch, tmp_path, db_url):
-    from app.db.session import session_scope
-    from app.pipeline import routes_store
 
     configure_env(monkeypatch, tmp_path / "var", db_url)
     migrate.upgrade("0005")
     migrate.downgrade("0004")  # the rules as MedGate shipped them before 0005
-
-    def pipelines():
-        with session_scope() as s:
-            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
 
     assert pipelines()["ecg-waveform"] == ["technical", "ecg-measure", "merl"]
     migrate.upgrade()
@@ -55,16 +59,10 @@ def test_0005_makes_merl_optional_in_the_shipped_ecg_rules_only(monkeypatch, tmp
 
 
 def test_0007_adds_promptmrg_as_optional_to_the_shipped_cxr_rules(monkeypatch, tmp_path, db_url):
-    from app.db.session import session_scope
-    from app.pipeline import routes_store
 
     configure_env(monkeypatch, tmp_path / "var", db_url)
     migrate.upgrade()  # the rules are seeded from the code, which holds the newest pipelines
     migrate.downgrade("0006")  # the chest rules as MedGate shipped them before 0007
-
-    def pipelines():
-        with session_scope() as s:
-            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
 
     assert pipelines()["cxr-chest"] == ["technical"]
     migrate.upgrade("0007")
@@ -82,10 +80,6 @@ def test_0008_adds_libra_after_promptmrg_unless_an_administrator_changed_the_rul
     configure_env(monkeypatch, tmp_path / "var", db_url)
     migrate.upgrade()
     migrate.downgrade("0007")
-
-    def pipelines():
-        with session_scope() as s:
-            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
 
     with session_scope() as s:  # a site made its own cxr-view rule
         rules = [r.to_dict() for r in routes_store.load(s)]
@@ -110,10 +104,6 @@ def test_0010_adds_ct_and_slide_pipelines_unless_an_administrator_changed_the_ru
     configure_env(monkeypatch, tmp_path / "var", db_url)
     migrate.upgrade()
     migrate.downgrade("0009")
-
-    def pipelines():
-        with session_scope() as s:
-            return {r.name: r.to_dict()["pipeline"] for r in routes_store.load(s)}
 
     before = pipelines()
     assert before["ct"] == before["pathology-wsi"] == before["pathology-sm"] == ["technical"]
