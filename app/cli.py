@@ -23,8 +23,9 @@ app.add_typer(keys_app, name="keys")
 kb_app = typer.Typer(help="Knowledge base: check and build the retrieval indexes.",
                      no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
-models_app = typer.Typer(help="Model versions: register, activate, list; inspect a family's "
-                         "module tree.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions: register, validate, shadow, activate, roll "
+                         "back, retire, list, show; inspect a family's module tree.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 store_app = typer.Typer(help="The DICOM file store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
@@ -456,17 +457,44 @@ def kb_build(root: Annotated[str, typer.Option(help="corpus folder")] = "",
 
 @models_app.command("list")
 def models_list() -> None:
-    """Registered model versions and which one of each family is active."""
+    """Registered model versions: status, the rules they run on (active or shadow), weights."""
     from app.db.session import session_scope
+    from app.registry import views
     from app.registry.versions import list_versions
 
-    table = Table("family", "version", "variant", "status", "weights", "files", "sha256")
+    table = Table("family", "version", "variant", "status", "runs on", "weights", "files",
+                  "sha256")
     with session_scope() as session:
         for v in list_versions(session):
-            files = len((v.manifest or {}).get("files") or []) or (1 if v.sha256 else 0)
-            table.add_row(v.family, v.version, v.variant, v.status, v.weights_path or "",
-                          str(files), (v.sha256 or "")[:16])
+            row = views.version_summary(session, v)
+            roles = ", ".join(f"{r['role']}:{r['rule'] or '*'}" for r in row["roles"])
+            table.add_row(v.family, v.version, v.variant, v.status, roles, v.weights_path or "",
+                          str(row["files"]), (v.sha256 or "")[:16])
     Console().print(table)
+
+
+def _registry_call(do) -> None:  # noqa: ANN001
+    """Run a registry change in one transaction; a refusal prints its reason (exit 2). A
+    quarantine found on the way is kept, as the API keeps it."""
+    from app.db.session import session_factory
+    from app.registry.versions import RegistryError
+
+    with session_factory()() as session:
+        try:
+            message = do(session)
+        except RegistryError as exc:
+            if exc.code == "quarantined":
+                session.commit()
+            else:
+                session.rollback()
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        session.commit()
+    console.print(message)
+
+
+Reason = Annotated[str, typer.Option(help="why (kept in the audit log)")]
+Rule = Annotated[str, typer.Option(help="one routing rule only (default: every rule)")]
 
 
 @models_app.command("register")
@@ -475,24 +503,139 @@ def models_register(family: str, version: str,
                         help="a weights file or a hub-layout folder, relative to "
                              "MEDGATE_MODEL_DIR")] = "",
                     variant: Annotated[str, typer.Option()] = "checkpoint",
-                    config: Annotated[str, typer.Option(help="JSON configuration")] = "{}"
+                    config: Annotated[str, typer.Option(help="JSON configuration")] = "{}",
+                    notes: Annotated[str, typer.Option(help="model-card notes")] = ""
                     ) -> None:
     """Register a version. The manifest of its weights (size and sha256 of every file) is
     recorded and verified before any worker loads them."""
     import json
 
-    from app.db.session import session_scope
-    from app.registry.versions import RegistryError, register
+    from app.registry.versions import register
 
     try:
-        with session_scope() as session:
-            row = register(session, family, version, variant, weights or None,
-                           json.loads(config))
-            sha, files = row.sha256, len((row.manifest or {}).get("files") or [])
-    except (RegistryError, json.JSONDecodeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        cfg = json.loads(config)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/red] --config is not JSON: {exc}")
         raise typer.Exit(2) from exc
-    console.print(f"registered {family} {version} ({files} weights file(s), sha256 {sha})")
+
+    def do(session) -> str:  # noqa: ANN001
+        row = register(session, family, version, variant, weights or None, cfg, actor="cli",
+                       notes=notes)
+        files = len((row.manifest or {}).get("files") or [])
+        return f"registered {family} {version} ({files} weights file(s), sha256 {row.sha256})"
+
+    _registry_call(do)
+
+
+@models_app.command("validate")
+def models_validate(family: str, version: str,
+                    wait: Annotated[float, typer.Option(
+                        help="seconds to wait for a worker's outcome (0: just queue it)")]
+                    = 600.0) -> None:
+    """Queue a validation on the family's bundled study and wait for a worker's outcome.
+    Exit 1 when it fails, 3 when no worker answered in time."""
+    import time
+
+    from app.db.models import ModelValidation
+    from app.db.session import session_factory
+    from app.registry import lifecycle
+
+    ids: list[int] = []
+
+    def do(session) -> str:  # noqa: ANN001
+        v = lifecycle.request_validation(session, family, version, "cli")
+        session.flush()
+        ids.append(v.id)
+        return f"validation {v.id} of {family} {version} queued (job {v.job_fk}, case {v.case})"
+
+    _registry_call(do)
+    deadline = time.monotonic() + wait
+    while wait and time.monotonic() < deadline:
+        with session_factory()() as session:
+            v = session.get(ModelValidation, ids[0])
+            if v.state != "queued":
+                console.print(f"{v.state}: load {v.load_seconds} s, run {v.run_seconds} s, "
+                              f"peak memory {v.peak_memory_bytes} bytes"
+                              + (f"; {v.error}" if v.error else ""))
+                raise typer.Exit(0 if v.state == "passed" else 1)
+        time.sleep(1.0)
+    if wait:
+        console.print("no worker answered in time; the validation stays queued")
+        raise typer.Exit(3)
+
+
+@models_app.command("shadow")
+def models_shadow(family: str, version: str, reason: Reason = "", rule: Rule = "",
+                  stop: Annotated[bool, typer.Option(help="stop shadowing")] = False) -> None:
+    """Run VERSION beside the active one on live studies (never drafts), or --stop."""
+    from app.registry import lifecycle
+
+    def do(session) -> str:  # noqa: ANN001
+        if stop:
+            lifecycle.stop_shadow(session, family, version, "cli", reason)
+            return f"{family} {version} no longer shadows"
+        lifecycle.shadow(session, family, version, "cli", reason, rule)
+        return f"{family} {version} shadows {family}" + (f" on rule {rule}" if rule else "")
+
+    _registry_call(do)
+
+
+@models_app.command("activate")
+def models_activate(family: str, version: str, reason: Reason = "", rule: Rule = "") -> None:
+    """Make VERSION the one the pipeline runs for FAMILY (on every rule, or --rule)."""
+    from app.registry import lifecycle
+
+    def do(session) -> str:  # noqa: ANN001
+        lifecycle.activate(session, family, version, "cli", reason, rule)
+        return f"{family} {version} is active" + (f" on rule {rule}" if rule else "")
+
+    _registry_call(do)
+
+
+@models_app.command("rollback")
+def models_rollback(family: str, reason: Reason = "", rule: Rule = "") -> None:
+    """Back to the version that was active before the current one."""
+    from app.registry import lifecycle
+    from app.registry.versions import resolve
+
+    def do(session) -> str:  # noqa: ANN001
+        lifecycle.rollback(session, family, "cli", reason, rule)
+        session.flush()
+        return f"{family} runs {resolve(session, family, rule=rule).spec.version}" + (
+            f" on rule {rule}" if rule else "")
+
+    _registry_call(do)
+
+
+@models_app.command("retire")
+def models_retire(family: str, version: str, reason: Reason = "") -> None:
+    """Withdraw VERSION for good (an active version is refused)."""
+    from app.registry import lifecycle
+
+    def do(session) -> str:  # noqa: ANN001
+        lifecycle.retire(session, family, version, "cli", reason)
+        return f"{family} {version} is retired"
+
+    _registry_call(do)
+
+
+@models_app.command("show")
+def models_show(family: str, version: str) -> None:
+    """The detail view as JSON: history, manifest, validations and figures."""
+    import json
+
+    from app.db.session import session_scope
+    from app.registry import views
+    from app.registry.versions import RegistryError, get_version
+
+    with session_scope() as session:
+        try:
+            typer.echo(json.dumps(views.version_detail(session, get_version(session, family,
+                                                                             version)),
+                                  indent=2))
+        except RegistryError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
 
 
 @models_app.command("inspect")
@@ -526,21 +669,6 @@ def models_inspect(family: str,
     Console().print(table)
     typer.echo(f"{tree['family']} {tree['variant']} {tree['config']}: {len(tree['keys'])} keys, "
                f"{tree['parameters']:,} parameters")
-
-
-@models_app.command("activate")
-def models_activate(family: str, version: str) -> None:
-    """Make VERSION the one the pipeline runs for FAMILY (the previous one is retired)."""
-    from app.db.session import session_scope
-    from app.registry.versions import RegistryError, activate
-
-    try:
-        with session_scope() as session:
-            activate(session, family, version)
-    except RegistryError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    console.print(f"{family} {version} is active")
 
 
 @store_app.command("check")

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     job_lost_seconds: float = 60.0
     job_heartbeat_seconds: float = 5.0
     job_max_attempts: int = 5
+    # One engine run longer than this is abandoned and counted as timed out (0: no limit);
+    # the worker builds a fresh engine for the next job.
+    engine_timeout_seconds: float = 1800.0
     # Where engines compute: "cpu", "cuda" or "cuda:N" (checked when the first engine loads).
     device: str = "cpu"
     # Per-family dtype preference on an accelerator ("bf16", "fp16", "fp32"); on the CPU every

@@ -24,6 +24,7 @@ from app.api import (
     ecg,
     health,
     kb,
+    model_versions,
     peers,
     reports,
     studies,
@@ -35,7 +36,7 @@ from app.config import get_settings
 
 ROUTERS = [health.router, system.router, admin.router, studies.router, asks.router,
            reports.router, dicomweb.router, kb.router, ecg.router, peers.router,
-           destinations.router]
+           destinations.router, model_versions.router]
 
 # Swagger UI 5 and ReDoc 2 as the pinned fastapi-offline package ships them (MIT; the bundles
 # are Apache-2.0 and MIT), served under this path.

@@ -54,6 +54,25 @@ STORE_QUARANTINED = Counter("medgate_store_quarantined_total",
 DELIVERIES = Counter("medgate_deliveries_total",
                      "Report deliveries by destination and outcome: done, retried, failed",
                      ["destination", "outcome"])
+MODEL_RUNS = Counter("medgate_model_runs_total",
+                     "Engine runs per model version and role (active, shadow) by outcome: done, "
+                     "failed, timed_out", ["family", "version", "role", "outcome"])
+MODEL_RUN_SECONDS = Histogram("medgate_model_run_seconds",
+                              "Time one model version spends on one study", ["family", "version",
+                                                                             "role"],
+                              buckets=BUCKETS)
+MODEL_EDIT_RATE = Histogram("medgate_model_edit_rate",
+                            "Share of a draft's text changed before signing (character-level "
+                            "diff), per model version that took part in the draft",
+                            ["family", "version"],
+                            buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0))
+MODEL_FINDINGS = Counter("medgate_model_findings_total",
+                         "Findings of a model version against the signed report, per finding "
+                         "code: agree_present, agree_absent, false_positive, miss",
+                         ["family", "version", "role", "outcome"])
+MODELS_QUARANTINED = Counter("medgate_models_quarantined_total",
+                             "Model versions taken out of service because their weights no "
+                             "longer match their manifest", ["family", "version"])
 INSTANCES_STORED = Counter("medgate_instances_stored_total", "Instances stored", ["source"])
 
 

@@ -11,8 +11,12 @@ from sqlalchemy.orm import Session
 from app.db.models import StudyEvent
 
 
-def add_event(session: Session, study_id: int, kind: str, **detail: Any) -> StudyEvent:
-    """Add an event to ``study_id``'s timeline inside the caller's transaction."""
+def add_event(session: Session, study_id: int | None, kind: str,
+              **detail: Any) -> StudyEvent | None:
+    """Add an event to ``study_id``'s timeline inside the caller's transaction. A job of no
+    study (a model validation) has no timeline: nothing is added."""
+    if study_id is None:
+        return None
     event = StudyEvent(study_fk=study_id, kind=kind, detail=detail)
     session.add(event)
     return event

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -156,10 +157,13 @@ class Job(Base):
     __tablename__ = "job"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_fk: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    # None for a job of no study (a model version's validation)
+    study_fk: Mapped[int | None] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"),
+                                                 index=True, nullable=True)
     # study, pipeline and the set of instances: a redelivered completion makes no second job
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
-    # "analysis" (a study's draft) or "ask" (one interactive question, its Ask row)
+    # "analysis" (a study's draft), "ask" (one interactive question, its Ask row), "export"
+    # (a delivery) or "validate" (a model version on its family's validation study)
     kind: Mapped[str] = mapped_column(String(16), default="analysis")
     domain: Mapped[str] = mapped_column(String(16))
     pipeline: Mapped[str] = mapped_column(String(64))
@@ -307,12 +311,121 @@ class ModelVersion(Base):
     version: Mapped[str] = mapped_column(String(64))
     variant: Mapped[str] = mapped_column(String(16), default="builtin")
     weights_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    # the digest of the manifest (for a single file: its sha256)
+    # the digest of the manifest (a single file: its own sha256)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # {"kind": "file"|"folder", "digest": ..., "files": [{"path", "size", "sha256"}]}
+    # size and sha256 of every weights file (models.runtime.manifest)
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # registered | validated | shadow | active | retired | quarantined (app.registry.lifecycle)
     status: Mapped[str] = mapped_column(String(16), default="registered")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the administrator's model-card notes: what this version is and is not validated for
+    notes: Mapped[str] = mapped_column(Text, default="")
+    registered_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelAssignment(Base):
+    """A version in a role (active or shadow) for a family, on every rule (``rule == ""``) or on
+    one routing rule, from ``started_at`` until ``ended_at``. ``version_fk`` None stands for the
+    family's built-in default (what a rollback past the first activation returns to).
+    ``replaces_fk`` is the assignment this one ended: what a rollback goes back to."""
+
+    __tablename__ = "model_assignment"
+    __table_args__ = (Index("ix_model_assignment_open", "family", "role", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    role: Mapped[str] = mapped_column(String(8))
+    version_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("model_version.id", ondelete="CASCADE"), nullable=True, index=True)
+    replaces_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("model_assignment.id", ondelete="SET NULL"), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started_by: Mapped[str] = mapped_column(String(128), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelValidation(Base):
+    """One validation run of a version on its family's bundled validation study."""
+
+    __tablename__ = "model_validation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_fk: Mapped[int] = mapped_column(ForeignKey("model_version.id", ondelete="CASCADE"),
+                                            index=True)
+    job_fk: Mapped[int | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"),
+                                               nullable=True, unique=True)
+    case: Mapped[str] = mapped_column(String(64), default="")
+    # queued -> passed | failed
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+    load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    peak_gpu_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checks: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    device: Mapped[str] = mapped_column(String(32), default="")
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelRun(Base):
+    """One engine run in one job, of the active version or of a shadow: how it ended, how long
+    it took, the findings it stated (codes and states) and, for a shadow, its whole result and
+    how it compared with the active version's. ``version_fk`` None: a built-in default."""
+
+    __tablename__ = "model_run"
+    __table_args__ = (Index("ix_model_run_version", "family", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    version_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("model_version.id", ondelete="SET NULL"), nullable=True, index=True)
+    family: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(8), default="active")
+    # done | failed | timed_out
+    outcome: Mapped[str] = mapped_column(String(16))
+    run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # set when this run built and loaded the engine in its worker
+    load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trained: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    findings: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ModelOutcome(Base):
+    """What a signed report says of one model run of the job that drafted it: the edit rate of
+    the draft (active runs) and, per finding code, agreement with the signed text."""
+
+    __tablename__ = "model_outcome"
+    __table_args__ = (UniqueConstraint("run_fk", "report_version_fk",
+                                       name="uq_model_outcome_run_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_fk: Mapped[int] = mapped_column(ForeignKey("model_run.id", ondelete="CASCADE"),
+                                        index=True)
+    report_version_fk: Mapped[int] = mapped_column(
+        ForeignKey("report_version.id", ondelete="CASCADE"), index=True)
+    family: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(8))
+    edit_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # code key -> {"label", "outcome": agree_present | agree_absent | false_positive | miss}
+    codes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # how the signed text's findings were read: "cxr-labeller@1.0.0", "kept-sentences", ...
+    method: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -22,7 +22,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,17 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.config import get_settings
-from app.db.models import Ask, Delivery, Instance, Job, Patient, Series, Study
+from app.db.models import (
+    Ask,
+    Delivery,
+    Instance,
+    Job,
+    ModelValidation,
+    ModelVersion,
+    Patient,
+    Series,
+    Study,
+)
 from app.db.session import session_factory
 from app.dicom.headers import read_header
 from app.pipeline import asks, derived, jobs
@@ -40,13 +50,16 @@ from app.pipeline.families import load_plugins
 from app.pipeline.routing import pipeline_steps
 from app.rag.corpus import knowledge_lookup
 from app.rag.search import knowledge_search
-from app.registry.versions import Resolved, resolve
+from app.registry import figures, lifecycle
+from app.registry.figures import Run
+from app.registry.versions import Resolved, resolve, resolve_shadow
 from app.reports.composer import compose
 from app.timeline import add_event
 from models.base import ContractError, EngineResult, InstanceRef, SeriesInput, StudyInput
 from models.phrasing import labeller_for
-from models.runtime.cache import EngineCache
+from models.runtime.cache import EngineCache, engine_key
 from models.runtime.device import dtype_name, resolve_device, resolve_dtype
+from models.runtime.manifest import ManifestError
 
 log = logging.getLogger("medgate.runner")
 
@@ -153,6 +166,10 @@ class _Plan:
     study: StudyInput
     models: dict[str, Resolved]
     ask_id: int | None = None
+    rule: str = ""
+    # versions shadowing a family on this job's rule: run beside it, stored, never drafted
+    shadows: dict[str, Resolved] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
 
 
 def _plan(session: Session, job_id: int) -> _Plan:
@@ -176,38 +193,126 @@ def _plan(session: Session, job_id: int) -> _Plan:
         raise PermanentError(f"MEDGATE_DEVICE: {exc}") from exc
     load_plugins()
     steps = pipeline_steps(job.engines)
-    models = {}
+    models, shadows = {}, {}
     for family, _ in steps:
         dtype = dtype_name(resolve_dtype(device, settings.dtype_by_family.get(family)))
-        models[family] = resolve(session, family, device=device, dtype=dtype)
+        models[family] = resolve(session, family, device=device, dtype=dtype, rule=job.rule)
+        shadow = None if ask is not None else resolve_shadow(session, family, device=device,
+                                                              dtype=dtype, rule=job.rule)
+        if shadow is not None:
+            shadows[family] = shadow
         if (ask is not None and models[family].spec.variant == "reference"
                 and not settings.allow_reference_answers):
             # the trained version the ask was accepted for was deactivated since
             raise PermanentError(f"{family} has no trained, active version any more; the "
                                  "reference model does not answer clinicians")
-    return _Plan(study.id, job.domain, steps, data, models, ask.id if ask else None)
+    return _Plan(study.id, job.domain, steps, data, models, ask.id if ask else None,
+                 rule=job.rule, shadows=shadows)
 
 
 # ---------------------------------------------------------------------------- running engines
 
+class EngineTimeout(Exception):
+    """An engine run that did not finish within MEDGATE_ENGINE_TIMEOUT_SECONDS."""
+
+
+def _call(fn, timeout: float):  # noqa: ANN001, ANN202 - any engine call
+    """``fn()``, given up after ``timeout`` seconds (0: no limit). Python cannot stop a thread:
+    an abandoned run goes on in the background and its engine is never used again."""
+    if not timeout:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="medgate-engine", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise EngineTimeout(f"did not finish within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _run_one(cache: EngineCache, resolved: Resolved, study: StudyInput, keep: frozenset,
+             role: str) -> tuple[EngineResult, Run]:
+    """One engine on the study: its result and the run as it will be recorded. Raises what
+    the engine raised, with the failed or timed-out run attached as ``exc.run``."""
+    spec = resolved.spec
+    run = Run(spec.family, spec.version, resolved.version_id, role, "failed")
+    started = time.perf_counter()
+    try:
+        engine, run.load_seconds = cache.get_loaded(spec, resolved.manifest, keep)
+        started = time.perf_counter()
+        result = _call(lambda: engine.run(study), get_settings().engine_timeout_seconds)
+        if not isinstance(result, EngineResult):
+            raise PermanentError(f"returned {type(result).__name__}, not an EngineResult")
+    except Exception as exc:
+        run.run_seconds = round(time.perf_counter() - started, 4)
+        if isinstance(exc, EngineTimeout):
+            run.outcome = "timed_out"
+            cache.discard(spec)
+        run.error = str(exc) if isinstance(exc, PermanentError | ContractError | EngineTimeout) \
+            else f"{type(exc).__name__}: {exc}"
+        exc.run = run  # type: ignore[attr-defined]
+        raise
+    run.outcome, run.run_seconds, run.trained = "done", round(time.perf_counter() - started, 4), \
+        result.trained
+    said = figures.stated(result.to_dict())
+    run.findings = [{"code": k, **v} for k, v in said.items()]
+    return result, run
+
+
+def _quarantine(resolved: Resolved, exc: ManifestError, plan: _Plan) -> Resolved:
+    """Weights that no longer match: quarantine the version (its assignments end) and return
+    what the family's jobs run now (the next assignment, else the built-in default)."""
+    spec = resolved.spec
+    with session_factory()() as session:
+        row = session.get(ModelVersion, resolved.version_id)
+        lifecycle.quarantine(session, row, f"weights changed since registration: {exc}",
+                             actor="worker")
+        session.commit()
+        log.warning("quarantined %s@%s: %s", spec.family, spec.version, exc)
+        return resolve(session, spec.family, device=spec.device, dtype=spec.dtype,
+                       rule=plan.rule)
+
+
 def run_engines(plan: _Plan) -> tuple[list[EngineResult], dict[str, float], list[str]]:
-    """Run the plan's engines in order: results, seconds per engine, and the warnings of
-    optional engines that were skipped."""
+    """Run the plan's engines in order, each shadow beside its family: results, seconds per
+    engine, and the warnings of optional engines that were skipped or versions quarantined.
+    Every run (shadows included) is added to ``plan.runs``."""
     cache = engine_cache()
     results, timings, skipped = [], {}, []
     for family, required in plan.steps:
         resolved = plan.models[family]
-        spec = resolved.spec
-        started = time.perf_counter()
+        shadow = plan.shadows.get(family)
+        keep = frozenset(engine_key(r.spec) for r in (resolved, shadow) if r is not None)
         plan.study.earlier = list(results)
         try:
-            result = cache.get(spec, resolved.manifest).run(plan.study)
-            if not isinstance(result, EngineResult):
-                raise PermanentError(f"returned {type(result).__name__}, not an EngineResult")
+            try:
+                result, run = _run_one(cache, resolved, plan.study, keep, "active")
+            except ManifestError as exc:
+                if resolved.version_id is None or plan.ask_id is not None:
+                    raise
+                plan.runs.append(exc.run)  # type: ignore[attr-defined]
+                was = f"{family}@{resolved.spec.version}"
+                resolved = plan.models[family] = _quarantine(resolved, exc, plan)
+                skipped.append(f"{was} was quarantined ({exc}); "
+                               f"{family}@{resolved.spec.version} ran instead")
+                keep = frozenset(engine_key(r.spec) for r in (resolved, shadow) if r)
+                result, run = _run_one(cache, resolved, plan.study, keep, "active")
         except Exception as exc:
+            if hasattr(exc, "run"):
+                plan.runs.append(exc.run)
+            spec = resolved.spec
             kind = _classify(exc)
             # the contract's own errors (a manifest, a strict load, bad input) say it all
-            reason = (str(exc) if isinstance(exc, PermanentError | ContractError)
+            reason = (str(exc) if isinstance(exc, PermanentError | ContractError | EngineTimeout)
                       else f"{type(exc).__name__}: {exc}")
             if kind is TransientError:
                 raise TransientError(f"engine {family}@{spec.version} failed: {reason}") from exc
@@ -217,11 +322,38 @@ def run_engines(plan: _Plan) -> tuple[list[EngineResult], dict[str, float], list
             metrics.ENGINE_SKIPPED.labels(domain=plan.domain, engine=family).inc()
             skipped.append(f"optional engine {family}@{spec.version} was skipped: {reason}")
             continue
-        elapsed = time.perf_counter() - started
-        timings[f"{family}@{spec.version}"] = round(elapsed, 4)
-        metrics.ENGINE_RUN.labels(domain=plan.domain, engine=family).observe(elapsed)
+        plan.runs.append(run)
+        timings[f"{family}@{resolved.spec.version}"] = run.run_seconds
+        metrics.ENGINE_RUN.labels(domain=plan.domain, engine=family).observe(run.run_seconds)
+        if shadow is not None:
+            plan.runs.append(_run_shadow(cache, shadow, plan, results, result, keep))
         results.append(result)
     return results, timings, skipped
+
+
+def _run_shadow(cache: EngineCache, shadow: Resolved, plan: _Plan, earlier: list[EngineResult],
+                active: EngineResult, keep: frozenset) -> Run:
+    """A shadow version on the same study, with the same earlier results, writing into a
+    folder of its own; whatever happens to it, the job goes on."""
+    out = plan.study.output_dir
+    study = replace(plan.study, output_dir=out / f"shadow-{shadow.spec.family}" if out else None,
+                    earlier=list(earlier))
+    try:
+        result, run = _run_one(cache, shadow, study, keep, "shadow")
+    except ManifestError as exc:
+        with session_factory()() as session:
+            lifecycle.quarantine(session, session.get(ModelVersion, shadow.version_id),
+                                 f"weights changed since registration: {exc}", actor="worker")
+            session.commit()
+        return exc.run  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - a shadow never fails a job
+        log.info("shadow %s@%s failed: %s", shadow.spec.family, shadow.spec.version, exc)
+        return getattr(exc, "run", Run(shadow.spec.family, shadow.spec.version,
+                                       shadow.version_id, "shadow", "failed", error=str(exc)))
+    run.result = result.to_dict()
+    run.comparison = figures.compare_states(figures.stated(active.to_dict()),
+                                            {f["code"]: f for f in run.findings})
+    return run
 
 
 class _Heart(threading.Thread):
@@ -260,6 +392,8 @@ def execute(job_id: int) -> str:
     try:
         if kind == "export":
             return _deliver(factory, job_id, token, started)
+        if kind == "validate":
+            return _validate(factory, job_id, token, started)
         with factory() as session:
             plan = _plan(session, job_id)
             session.rollback()  # no transaction stays open while the models run
@@ -281,7 +415,9 @@ def execute(job_id: int) -> str:
                 _write_answer(session, plan, job_id, results[0], segs, timings, elapsed)
             else:
                 _write_draft(session, plan, job_id, draft, results, timings, elapsed, skipped)
+            figures.record_runs(session, job_id, plan.runs)
             session.commit()
+        figures.count_runs(plan.runs)
         metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
         metrics.JOBS_FINISHED.labels(domain=plan.domain, outcome="done").inc()
         return "done"
@@ -303,10 +439,59 @@ def execute(job_id: int) -> str:
         log.warning("job %s failed: %s", job_id, reason)
         with factory() as session:
             jobs.fail(session, job_id, token, reason)
+        if plan is not None and plan.runs:
+            with factory() as session:
+                figures.record_runs(session, job_id, plan.runs)
+                session.commit()
+            figures.count_runs(plan.runs)
         metrics.JOBS_FINISHED.labels(domain=domain, outcome="failed").inc()
         return "failed"
     finally:
         heart.stop_event.set()
+
+
+def _validate(factory, job_id: int, token: str, started: float) -> str:  # noqa: ANN001
+    """Validate a model version on its family's bundled study (``app.registry.cases``): a
+    fresh engine, loaded strictly, outside this worker's engine cache. The outcome (pass or
+    fail, times, peak memory, the error) is the validation's; the job itself is done."""
+    import socket
+
+    from app.registry.cases import run_validation
+    from app.registry.versions import manifest_of, spec_of
+
+    settings = get_settings()
+    with factory() as session:
+        v = session.scalar(select(ModelValidation).where(ModelValidation.job_fk == job_id))
+        if v is None:
+            raise PermanentError(f"job {job_id} validates a version that was deleted")
+        row = session.get(ModelVersion, v.version_fk)
+        try:
+            device = resolve_device(settings.device)
+        except ValueError as exc:
+            raise PermanentError(f"MEDGATE_DEVICE: {exc}") from exc
+        dtype = dtype_name(resolve_dtype(device, settings.dtype_by_family.get(row.family)))
+        spec, manifest, validation_id = spec_of(row, device, dtype), manifest_of(row), v.id
+        session.rollback()
+    out = settings.results_dir / "validation" / f"{validation_id}"
+    try:
+        outcome = run_validation(spec, manifest, output_dir=out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    with factory() as session:
+        if not jobs.finish(session, job_id, token,
+                           {"total": round(time.perf_counter() - started, 4)}):
+            session.rollback()
+            return "skipped"
+        v = lifecycle.record_validation(session, validation_id, outcome, device,
+                                        socket.gethostname())
+        if any(c.get("check") == "manifest" and not c.get("passed") for c in outcome.checks):
+            lifecycle.quarantine(session, session.get(ModelVersion, v.version_fk),
+                                 outcome.error or "weights changed since registration",
+                                 actor="worker")
+        session.commit()
+    log.info("validation %s of %s@%s: %s", validation_id, spec.family, spec.version,
+             "passed" if outcome.passed else f"failed ({outcome.error})")
+    return "done"
 
 
 def _deliver(factory, job_id: int, token: str, started: float) -> str:  # noqa: ANN001

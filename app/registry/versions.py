@@ -1,9 +1,10 @@
 """Model versions: register weights (a file or a folder, with the manifest of every file's size
-and sha256), activate one version per family, list, and resolve what the pipeline runs: a
-family's active version, else its built-in default.
+and sha256), list them, and resolve what a job runs: for a family and a routing rule, the
+version assigned to that rule, else the one assigned to every rule, else the family's built-in
+default; and the shadow version beside it, if any.
 
-Statuses: registered → active → retired (activating a version retires the family's previous
-active one, so rolling back is activating the older version again).
+What changes a version's status (validate, shadow, activate, roll back, retire, quarantine)
+lives in ``app.registry.lifecycle``.
 """
 
 from __future__ import annotations
@@ -16,23 +17,32 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db.models import ModelVersion
+from app.db.models import ModelAssignment, ModelVersion
 from app.registry.defaults import default_spec
 from app.security import audit
-from models.base import VARIANTS, ModelSpec, families
+from models.base import VARIANTS, ContractError, ModelSpec, build, families
 from models.runtime.manifest import (
     Manifest,
     ManifestError,
     ManifestFile,
     compute_manifest,
-    verify_manifest,
 )
 
-STATUSES = ("registered", "active", "retired")
+STATUSES = ("registered", "validated", "shadow", "active", "retired", "quarantined")
+ROLES = ("active", "shadow")
 
 
 class RegistryError(ValueError):
-    """A registration or activation that cannot be done."""
+    """A registration or a life-cycle change that cannot be done; the message says why."""
+
+    def __init__(self, message: str, status: int = 422, code: str = "model-refused") -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class NotRegistered(RegistryError):
+    def __init__(self, family: str, version: str) -> None:
+        super().__init__(f"{family} {version} is not registered", 404, "not-found")
 
 
 def weights_location(path: str) -> Path:
@@ -43,34 +53,61 @@ def weights_location(path: str) -> Path:
 
 def register(session: Session, family: str, version: str, variant: str = "checkpoint",
              weights_path: str | None = None, config: dict[str, Any] | None = None,
-             actor: str = "cli") -> ModelVersion:
-    if family not in families():
-        raise RegistryError(f"unknown model family {family!r}; known: {families()}")
+             actor: str = "cli", notes: str = "") -> ModelVersion:
+    """Record a version and its manifest. The family's factory checks the spec and config
+    (cheap: no weights are read), so a config the family rejects is refused here."""
+    from app.pipeline.families import known_families
+
+    if family not in known_families():
+        raise RegistryError(f"unknown model family {family!r}; known: {families()}",
+                            code="unknown-family")
     if variant not in VARIANTS:
         raise RegistryError(f"variant must be one of {VARIANTS}")
+    if not isinstance(version, str) or not version.strip() or len(version) > 64:
+        raise RegistryError("version must be 1 to 64 characters")
+    if config is not None and not isinstance(config, dict):
+        raise RegistryError("config must be a JSON object")
     if session.scalar(select(ModelVersion).where(ModelVersion.family == family,
                                                  ModelVersion.version == version)):
-        raise RegistryError(f"{family} {version} is already registered")
+        raise RegistryError(f"{family} {version} is already registered", 409,
+                            "duplicate-version")
     manifest: Manifest | None = None
+    full: Path | None = None
     if weights_path:
         full = weights_location(weights_path)
         if not full.exists():
-            raise RegistryError(f"weights {full} do not exist")
+            raise RegistryError(f"weights {weights_path} do not exist under the model folder "
+                                f"({full})", code="missing-weights")
         try:
             manifest = compute_manifest(full)
         except ManifestError as exc:
-            raise RegistryError(str(exc)) from exc
+            raise RegistryError(str(exc), code="missing-weights") from exc
     elif variant == "checkpoint":
-        raise RegistryError("a checkpoint version needs a weights file or folder")
+        raise RegistryError("a checkpoint version needs a weights file or folder",
+                            code="missing-weights")
+    try:
+        build(ModelSpec(family=family, version=version, variant=variant,  # type: ignore[arg-type]
+                        weights_path=str(full) if full else None, config=config or {}))
+    except (ContractError, TypeError, KeyError) as exc:
+        raise RegistryError(f"{family} refuses this version: {exc}", code="invalid-config") \
+            from exc
     row = ModelVersion(family=family, version=version, variant=variant,
                        weights_path=weights_path, sha256=manifest.digest if manifest else None,
                        manifest=manifest.to_dict() if manifest else None, status="registered",
-                       config=config or {})
+                       config=config or {}, notes=notes or "", registered_by=actor)
     session.add(row)
     session.flush()
     audit.record(session, actor, "model.register", "model_version", f"{family}@{version}",
                  detail={"sha256": row.sha256, "variant": variant,
                          "files": len(manifest.files) if manifest else 0})
+    return row
+
+
+def get_version(session: Session, family: str, version: str) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.family == family,
+                                                    ModelVersion.version == version))
+    if row is None:
+        raise NotRegistered(family, version)
     return row
 
 
@@ -86,51 +123,72 @@ def manifest_of(row: ModelVersion) -> Manifest | None:
     return None
 
 
-def activate(session: Session, family: str, version: str, actor: str = "cli") -> ModelVersion:
-    row = session.scalar(select(ModelVersion).where(ModelVersion.family == family,
-                                                    ModelVersion.version == version))
-    if row is None:
-        raise RegistryError(f"{family} {version} is not registered")
-    manifest = manifest_of(row)
-    if manifest is not None and row.weights_path:
-        try:
-            verify_manifest(weights_location(row.weights_path), manifest)
-        except ManifestError as exc:
-            raise RegistryError(f"the weights of {family} {version} changed since "
-                                f"registration: {exc}") from exc
-    for other in session.scalars(select(ModelVersion).where(ModelVersion.family == family,
-                                                            ModelVersion.status == "active")):
-        other.status = "retired"
-    row.status = "active"
-    audit.record(session, actor, "model.activate", "model_version", f"{family}@{version}")
-    return row
-
-
 def list_versions(session: Session) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.family,
                                                               ModelVersion.id)))
 
 
+def spec_of(row: ModelVersion, device: str = "cpu", dtype: str | None = None) -> ModelSpec:
+    weights = str(weights_location(row.weights_path)) if row.weights_path else None
+    return ModelSpec(family=row.family, version=row.version, variant=row.variant,  # type: ignore[arg-type]
+                     weights_path=weights, sha256=row.sha256, config=row.config or {},
+                     device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class Resolved:
-    """What a worker needs to build one family's engine: the spec and the manifest to verify."""
+    """What a worker needs to build one family's engine: the spec, the manifest to verify, the
+    registered version's row id (None for a built-in default) and the rule of its assignment
+    ("" when assigned to every rule or not assigned)."""
 
     spec: ModelSpec
     manifest: Manifest | None
+    version_id: int | None = None
+    rule: str = ""
 
 
-def resolve(session: Session, family: str, device: str = "cpu",
-            dtype: str | None = None) -> Resolved:
-    """The active registered version of a family, else its built-in default."""
-    row = session.scalar(select(ModelVersion).where(ModelVersion.family == family,
-                                                    ModelVersion.status == "active"))
+def open_assignments(session: Session, family: str, role: str,
+                     rule: str | None = None) -> list[ModelAssignment]:
+    """The family's current assignments in ``role``: all of them, or those for ``rule`` and
+    for every rule, the rule's own first."""
+    q = select(ModelAssignment).where(ModelAssignment.family == family,
+                                      ModelAssignment.role == role,
+                                      ModelAssignment.ended_at.is_(None))
+    if rule is not None:
+        q = q.where(ModelAssignment.rule.in_({rule, ""}))
+    rows = list(session.scalars(q.order_by(ModelAssignment.id)))
+    return sorted(rows, key=lambda a: a.rule == "")
+
+
+def assigned(session: Session, family: str, role: str, rule: str
+             ) -> tuple[ModelAssignment | None, ModelVersion | None]:
+    """The assignment that decides ``role`` for ``family`` on ``rule``, and its version (None
+    for the built-in default)."""
+    for a in open_assignments(session, family, role, rule):
+        row = session.get(ModelVersion, a.version_fk) if a.version_fk else None
+        if row is not None and row.status in ("retired", "quarantined"):
+            continue  # ended when it was set; never run whatever the rows say
+        return a, row
+    return None, None
+
+
+def resolve(session: Session, family: str, device: str = "cpu", dtype: str | None = None,
+            rule: str = "") -> Resolved:
+    """The version a job of ``rule`` runs for ``family``: the rule's own active version, else
+    the one active on every rule, else the built-in default."""
+    assignment, row = assigned(session, family, "active", rule)
     if row is None:
         return Resolved(replace(default_spec(family), device=device, dtype=dtype), None)
-    weights = str(weights_location(row.weights_path)) if row.weights_path else None
-    spec = ModelSpec(family=row.family, version=row.version, variant=row.variant,  # type: ignore[arg-type]
-                     weights_path=weights, sha256=row.sha256, config=row.config or {},
-                     device=device, dtype=dtype)
-    return Resolved(spec, manifest_of(row))
+    return Resolved(spec_of(row, device, dtype), manifest_of(row), row.id, assignment.rule)
+
+
+def resolve_shadow(session: Session, family: str, device: str = "cpu",
+                   dtype: str | None = None, rule: str = "") -> Resolved | None:
+    """The version shadowing ``family`` on ``rule``, or None."""
+    assignment, row = assigned(session, family, "shadow", rule)
+    if row is None:
+        return None
+    return Resolved(spec_of(row, device, dtype), manifest_of(row), row.id, assignment.rule)
 
 
 def resolve_spec(session: Session, family: str) -> ModelSpec:

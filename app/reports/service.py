@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, Patient, Report, ReportVersion, Study, StudyEvent, utcnow
 from app.export import delivery
+from app.registry import figures
 from app.reports.draft import SECTIONS
 from app.reports.lifecycle import FHIR_STATUS, SIGNED, allowed_actions, next_state
 from models.cxr import labeller as cxr_labeller
@@ -278,6 +279,8 @@ def apply(session: Session, report: Report, action: str, actor: str, if_match: s
             content["proposals"] = [{"version": n, "resolution": r}
                                     for n, r in sorted(history.items())]
     new = _add_version(session, report, state, new_sections, content, actor, "user", reason)
+    if action == "sign":
+        figures.record_signature(session, report, new)  # each model version's figures
     detail: dict[str, Any] = {"report": report.id, "by": actor}
     if action == "sign":
         session.add(StudyEvent(study_fk=report.study_fk, kind="signed",

@@ -5,8 +5,9 @@ it for every study: ``build`` checks the spec, ``load()`` reads weights once, ``
 study. Before the first load the registered manifest is verified file by file; after that a
 cheap stat fingerprint (size, mtime, inode of every file) is compared on each use, so weights
 changed on disk under a running worker are hashed again and refused by name instead of being
-used. Each family keeps one engine: building another version of it drops the old one, so
-activating a version frees the memory (GPU memory included) of the one it replaces.
+used. Each family keeps one engine, or the ones its caller still needs (the active version and
+a shadow beside it): building another version drops the rest, so activating a version frees the
+memory (GPU memory included) of the one it replaces.
 """
 
 from __future__ import annotations
@@ -40,30 +41,41 @@ class _Entry:
 
 
 class EngineCache:
-    """One engine per family, rebuilt when the version, weights, device or dtype change."""
+    """Engines by family, rebuilt when the version, weights, device or dtype change. A family
+    holds one engine, or as many as the caller keeps (the active version and a shadow)."""
 
     def __init__(self, on_load: OnLoad | None = None) -> None:
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, list[_Entry]] = {}
         self._lock = threading.Lock()
         self.on_load = on_load
         self.builds: dict[Key, int] = {}
 
-    def get(self, spec: ModelSpec, manifest: Manifest | None = None) -> Engine:
+    def get(self, spec: ModelSpec, manifest: Manifest | None = None,
+            keep: frozenset[Key] = frozenset()) -> Engine:
         """The engine for ``spec``, built and loaded on first use. With a manifest, the weights
-        at ``spec.weights_path`` are verified before loading (a ManifestError names the file)."""
+        at ``spec.weights_path`` are verified before loading (a ManifestError names the file).
+        Other engines of the family are dropped unless their key is in ``keep``."""
+        return self.get_loaded(spec, manifest, keep)[0]
+
+    def get_loaded(self, spec: ModelSpec, manifest: Manifest | None = None,
+                   keep: frozenset[Key] = frozenset()) -> tuple[Engine, float | None]:
+        """``get``, and the seconds it spent loading (None when the engine was held)."""
         with self._lock:
             key = engine_key(spec)
             weights = Path(spec.weights_path) if spec.weights_path else None
-            entry = self._entries.get(spec.family)
-            if entry is not None and entry.key == key:
+            held = self._entries.get(spec.family, [])
+            # drop our references to engines no longer wanted, so their memory can go
+            held = [e for e in held if e.key == key or e.key in keep]
+            entry = next((e for e in held if e.key == key), None)
+            if entry is not None:
                 if manifest is None or weights is None or (
                         stat_fingerprint(weights, manifest) == entry.fingerprint):
                     entry.uses += 1
-                    return entry.engine
-                del self._entries[spec.family]  # changed on disk: verify and load again
-            elif entry is not None:
-                del self._entries[spec.family]
-            entry = None  # drop our reference so the old engine's memory can go
+                    self._entries[spec.family] = held
+                    return entry.engine, None
+                held.remove(entry)  # changed on disk: verify and load again
+            self._entries[spec.family] = held
+            entry = None
             fingerprint = None
             if manifest is not None and weights is not None:
                 verify_manifest(weights, manifest)
@@ -71,11 +83,18 @@ class EngineCache:
             started = time.perf_counter()
             engine = load_engine(build(spec))
             seconds = time.perf_counter() - started
-            self._entries[spec.family] = _Entry(key, engine, fingerprint, seconds, uses=1)
+            held.append(_Entry(key, engine, fingerprint, seconds, uses=1))
             self.builds[key] = self.builds.get(key, 0) + 1
         if self.on_load is not None:
             self.on_load(spec, seconds)
-        return engine
+        return engine, seconds
+
+    def discard(self, spec: ModelSpec) -> None:
+        """Forget the engine of ``spec`` (one that timed out may still be running)."""
+        with self._lock:
+            key = engine_key(spec)
+            held = self._entries.get(spec.family, [])
+            self._entries[spec.family] = [e for e in held if e.key != key]
 
     def drop(self, family: str | None = None) -> None:
         with self._lock:
@@ -90,4 +109,4 @@ class EngineCache:
             return [{"family": e.key[0], "version": e.key[1], "sha256": e.key[2] or None,
                      "device": e.key[3], "dtype": e.key[4] or None,
                      "load_seconds": round(e.load_seconds, 4), "uses": e.uses}
-                    for e in self._entries.values()]
+                    for entries in self._entries.values() for e in entries]

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from tests.conftest import dciodvfy
 from tests.pixel.taught import ANSWER, teach
+from tests.registry.support import activate_now
 
 QUESTION = "Please segment the lesion in <region>."
 POINT = [100, 150]
@@ -23,7 +24,7 @@ POINT = [100, 150]
 def taught_version(setup, cr_study, tmp_path, monkeypatch):
     from app.config import reset_settings
     from app.db.session import session_scope
-    from app.registry.versions import activate, register
+    from app.registry.versions import register
 
     models = tmp_path / "models"
     teach(cr_study[2], QUESTION, tuple(float(v) for v in POINT), models / "medplib-tiny")
@@ -32,7 +33,7 @@ def taught_version(setup, cr_study, tmp_path, monkeypatch):
     reset_settings()
     with session_scope() as s:
         register(s, "medplib", "taught-1", weights_path="medplib-tiny", config={})
-        activate(s, "medplib", "taught-1")
+    activate_now("medplib", "taught-1")
     return "taught-1"
 
 
@@ -144,7 +145,7 @@ def test_an_ask_whose_trained_version_was_withdrawn_fails_instead_of_guessing(
     from app.db.models import Ask
     from app.db.session import session_factory, session_scope
     from app.pipeline.runner import execute
-    from app.registry.versions import activate, register
+    from app.registry.versions import register
 
     study, instance, _ = cr_study
     r = api.post(f"/api/v1/studies/{study}/ask", headers=auth["clinician"],
@@ -152,7 +153,7 @@ def test_an_ask_whose_trained_version_was_withdrawn_fails_instead_of_guessing(
     assert r.status_code == 202, r.text
     with session_scope() as s:
         register(s, "medplib", "untrained", variant="reference")
-        activate(s, "medplib", "untrained")
+    activate_now("medplib", "untrained")
     with session_factory()() as s:
         job_id = s.get(Ask, r.json()["id"]).job_fk
     assert execute(job_id) == "failed"

@@ -10,6 +10,7 @@ import torch
 from sqlalchemy import select
 
 from tests.pipeline.conftest import CT_SMALL, complete_now, store
+from tests.registry.support import activate_now, site_case, validate_now
 
 REPORTER_RULES = [{"name": "ct-report", "domain": "ct", "modality": ["CT"],
                    "pipeline": ["technical", "test-reporter"], "queue": "ct"}]
@@ -39,6 +40,7 @@ def runtime(medgate, monkeypatch, tmp_path):
     reset_settings()
     with session_scope() as s:
         routes_store.replace(s, REPORTER_RULES)
+    site_case(models, "test-reporter", CT_SMALL, "ct")
     yield models
     from app.pipeline.runner import engine_cache
 
@@ -66,8 +68,8 @@ def register(version, folder, activate=True):
         row = versions.register(s, "test-reporter", version, weights_path=folder.name,
                                 config=CONFIG)
         files = [f["path"] for f in row.manifest["files"]]
-        if activate:
-            versions.activate(s, "test-reporter", version)
+    if activate:
+        activate_now("test-reporter", version)
     return files
 
 
@@ -122,10 +124,11 @@ def test_an_engine_is_loaded_once_and_the_next_activation_is_used(runtime):
     assert [e for e in engine_cache().loaded() if e["family"] == "test-reporter"][0]["uses"] == 2
 
     checkpoint(runtime / "v2", seed=1)
-    register("2", runtime / "v2")
+    register("2", runtime / "v2")  # its validation loads a fresh engine of its own
+    after_validation = len(report_engine.LOADS)
     _, third = new_job(uid)
     assert execute(third) == "done"
-    assert report_engine.LOADS[before:] == ["1", "2"]
+    assert report_engine.LOADS[after_validation:] == ["2"]
     held = [(e["family"], e["version"]) for e in engine_cache().loaded()]
     assert ("test-reporter", "2") in held and ("test-reporter", "1") not in held
     models = {r["model"]["family"]: r["model"] for r in draft(uid)["results"]}
@@ -156,7 +159,9 @@ def test_generated_sentences_enter_the_draft_only_when_grounded(runtime):
     assert "contradicts" in unverified["Pleural effusion on the right."][0]
 
 
-def test_a_changed_shard_fails_the_next_job_by_name(runtime):
+def test_a_changed_shard_quarantines_the_version_and_the_job_runs_the_fallback(runtime):
+    from app.db.models import ModelVersion
+    from app.db.session import session_factory
     from app.pipeline.runner import execute
 
     shards = checkpoint(runtime / "v1")
@@ -164,24 +169,41 @@ def test_a_changed_shard_fails_the_next_job_by_name(runtime):
     data = bytearray(shards[1].read_bytes())
     data[-1] ^= 0xFF  # one byte of the second shard, same size
     shards[1].write_bytes(bytes(data))
-    _, job_id = new_job()
-    assert execute(job_id) == "failed"
-    state, error = job(job_id)
-    assert error.startswith("engine test-reporter@1 failed: weights file "
-                            "model-00002-of-00002.safetensors changed since registration: "
-                            "sha256")
+    uid, job_id = new_job()
+    assert execute(job_id) == "done"
+    with session_factory()() as s:
+        row = s.scalar(select(ModelVersion).where(ModelVersion.version == "1"))
+        assert row.status == "quarantined"
+        assert row.status_reason.startswith("weights changed since registration: weights file "
+                                            "model-00002-of-00002.safetensors changed")
+    content = draft(uid)
+    (warning,) = [w for w in content["draft"]["warnings"] if "quarantined" in w]
+    assert warning.startswith("test-reporter@1 was quarantined (weights file "
+                              "model-00002-of-00002.safetensors changed since registration")
+    assert warning.endswith("test-reporter@reference ran instead")
+    assert {r["model"]["version"] for r in content["results"]
+            if r["model"]["family"] == "test-reporter"} == {"reference"}
 
 
-def test_a_strict_load_mismatch_names_missing_and_unexpected_keys(runtime):
-    from app.pipeline.runner import execute
+def test_a_strict_load_mismatch_fails_validation_naming_the_keys(runtime):
+    from app.db.session import session_scope
+    from app.registry import lifecycle
+    from app.registry.versions import RegistryError
 
     checkpoint(runtime / "v1", rename=("classifier.bias", "head.bias"))
-    register("1", runtime / "v1")
-    _, job_id = new_job()
-    assert execute(job_id) == "failed"
-    _, error = job(job_id)
-    assert "1 missing, 1 unexpected, 0 mis-shaped" in error
-    assert "missing: classifier.bias" in error and "unexpected: head.bias" in error
+    register("1", runtime / "v1", activate=False)
+    outcome = validate_now("test-reporter", "1")
+    assert outcome["state"] == "failed"
+    assert "1 missing, 1 unexpected, 0 mis-shaped" in outcome["error"]
+    assert "missing: classifier.bias" in outcome["error"]
+    assert "unexpected: head.bias" in outcome["error"]
+    with session_scope() as s:
+        try:
+            lifecycle.activate(s, "test-reporter", "1", "test", "try")
+        except RegistryError as exc:
+            assert "failed its last validation" in str(exc) and exc.status == 409
+        else:
+            raise AssertionError("an unvalidated version was activated")
 
 
 def test_a_rule_naming_an_unknown_family_is_refused_when_saved(runtime, keys, client):

@@ -63,6 +63,10 @@ class ReportEngine:
     def __init__(self, spec: ModelSpec) -> None:
         if spec.variant == "checkpoint" and not Path(str(spec.weights_path)).exists():
             raise ContractError(f"{FAMILY} weights not found: {spec.weights_path}")
+        classes = spec.config.get("classes", {})
+        if not isinstance(classes, dict) or not all(
+                isinstance(v, list) and len(v) == 2 for v in classes.values()):
+            raise ContractError("config 'classes' must map each code to [label, state]")
         self.spec = spec
         self.model: TinyReporter | None = None
 
