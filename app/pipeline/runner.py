@@ -473,6 +473,7 @@ def _validate(factory, job_id: int, token: str, started: float) -> str:  # noqa:
         spec, manifest, validation_id = spec_of(row, device, dtype), manifest_of(row), v.id
         session.rollback()
     out = settings.results_dir / "validation" / f"{validation_id}"
+    load_plugins()  # a site's own family is validated like a built-in one
     try:
         outcome = run_validation(spec, manifest, output_dir=out)
     finally:

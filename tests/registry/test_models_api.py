@@ -6,12 +6,10 @@ signed reports give each version."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from sqlalchemy import select
 
 from tests.pipeline.conftest import complete_now, store
-from tests.registry.support import DX, site_case
 
 RULES = [{"name": "cxr-report", "domain": "cxr", "modality": ["DX", "CR"],
           "pipeline": ["technical", "test-reporter"], "queue": "cxr"},
@@ -32,25 +30,6 @@ def config(effusion: str, heart: str) -> dict:
                         "findings": [[EFFUSION, effusion]]},
                        {"text": words[("cardiomegaly", heart)],
                         "findings": [[HEART, heart]]}]}
-
-
-@pytest.fixture
-def admin_api(medgate, monkeypatch, tmp_path, client, keys):
-    from app.config import reset_settings
-    from app.db.session import session_scope
-    from app.pipeline import routes_store
-    from app.pipeline.runner import engine_cache
-
-    models = tmp_path / "models"
-    models.mkdir()
-    monkeypatch.setenv("MEDGATE_MODEL_DIR", str(models))
-    monkeypatch.setenv("MEDGATE_ENGINE_PLUGINS", "tests.plugins.report_engine")
-    reset_settings()
-    with session_scope() as s:
-        routes_store.replace(s, RULES)
-    site_case(models, "test-reporter", DX, "cxr")
-    yield client, keys["admin"], models, keys
-    engine_cache().drop()
 
 
 def checkpoint(folder, seed=0):
@@ -178,12 +157,12 @@ def test_validation_gates_activation_and_every_refusal_is_specific(admin_api):
 
 
 def _study_job():
+    import tempfile
+    from pathlib import Path
+
     from app.db.models import Job
     from app.db.session import session_factory
     from tests.conftest import cr_from_png, shared_file
-
-    import tempfile
-    from pathlib import Path
 
     folder = Path(tempfile.mkdtemp())
     uid = store(cr_from_png(shared_file("cxr/00000001_000.png"), folder / "cr.dcm",
@@ -267,8 +246,8 @@ def test_shadow_activate_rollback_and_the_figures_signed_reports_give(admin_api)
     # activate the shadow on the rule: the next job drafts from v2; roll back: v1 again
     r = change(api, admin, "test-reporter/2/activate", rule="cxr-report")
     assert r.status_code == 200 and r.json()["status"] == "active"
-    from app.pipeline.grouping import reanalyze_study
     from app.db.session import session_factory
+    from app.pipeline.grouping import reanalyze_study
 
     _, (second,) = reanalyze_study(session_factory(), uid, actor="test")
     assert execute(second) == "done"
