@@ -9,6 +9,7 @@ lives in ``app.registry.lifecycle``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,13 @@ def register(session: Session, family: str, version: str, variant: str = "checkp
     manifest: Manifest | None = None
     full: Path | None = None
     if weights_path:
-        full = weights_location(weights_path)
+        # lexically, so a weights folder mounted by a symbolic link into the folder is fine
+        root = Path(os.path.abspath(get_settings().models_dir))
+        full = Path(os.path.normpath(root / weights_path))
+        if full == root or root not in full.parents:
+            raise RegistryError(f"weights path {weights_path!r} must lie inside the model "
+                                "folder (MEDGATE_MODEL_DIR), given relative to it",
+                                code="missing-weights")
         if not full.exists():
             raise RegistryError(f"weights {weights_path} do not exist under the model folder "
                                 f"({full})", code="missing-weights")
