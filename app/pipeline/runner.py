@@ -458,6 +458,7 @@ def _validate(factory, job_id: int, token: str, started: float) -> str:  # noqa:
 
     from app.registry.cases import run_validation
     from app.registry.versions import manifest_of, spec_of
+    from models.runtime.validate import describe_error, failed
 
     settings = get_settings()
     with factory() as session:
@@ -476,6 +477,8 @@ def _validate(factory, job_id: int, token: str, started: float) -> str:  # noqa:
     load_plugins()  # a site's own family is validated like a built-in one
     try:
         outcome = run_validation(spec, manifest, output_dir=out)
+    except Exception as exc:  # noqa: BLE001 - a case that cannot be read fails the validation
+        outcome = failed(describe_error(exc), "case")
     finally:
         shutil.rmtree(out, ignore_errors=True)
     with factory() as session:

@@ -185,7 +185,11 @@ def read_signed(domain: str, family: str, signed: Mapping[str, str],
 
 def judge(said: Mapping[str, Mapping[str, str]], reading: SignedReading
           ) -> dict[str, dict[str, str]]:
-    """Per code: the version's statement against the signed reading."""
+    """Per code: the version's statement against the signed reading. A version that states
+    none of the codes read (the technical family on a radiograph) is not judged on findings."""
+    spoken = set(said) if reading.judged is None else set(said) & reading.judged
+    if not spoken:
+        return {}
     codes = set(said) | set(reading.present)
     if reading.judged is not None:
         codes &= reading.judged

@@ -240,6 +240,14 @@ def test_shadow_activate_rollback_and_the_figures_signed_reports_give(admin_api)
     assert sc[EFFUSION]["agree_present"] == 1 and sc[HEART]["false_positive"] == 1
     assert sc[PTX]["miss"] == 1
 
+    # the technical family states no finding: it is judged on the edit rate only
+    from app.db.models import ModelOutcome
+    from app.db.session import session_factory
+
+    with session_factory()() as s:
+        by_family = {o.family: o for o in s.scalars(select(ModelOutcome))
+                     if o.role == "active"}
+    assert by_family["technical"].codes == {} and by_family["technical"].edit_rate == expected
     body = metrics.render()[0].decode()
     assert 'medgate_model_runs_total{family="test-reporter",outcome="done",role="shadow",' \
            'version="2"}' in body
