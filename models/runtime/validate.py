@@ -124,6 +124,25 @@ def _maxrss() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _hwm() is not None
+    except OSError:
+        return False
+
+
+def _hwm() -> int | None:
+    """The resident high-water mark (VmHWM) in bytes, or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class _MemorySampler:
     """Peak resident memory over a stretch of code, sampled from /proc/self/statm by a thread;
     without /proc, the growth of the process's lifetime peak (``getrusage``), which misses a
@@ -132,6 +151,9 @@ class _MemorySampler:
     def __init__(self) -> None:
         self.base = _rss()
         self.peak = self.base
+        # Linux keeps the peak itself (VmHWM); resetting it first makes it this stretch's peak,
+        # which a sampler could miss when the memory is held for a moment only
+        self._hwm = _reset_hwm()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._maxrss_before = _maxrss()
@@ -149,6 +171,9 @@ class _MemorySampler:
 
     def _take(self) -> None:
         now = _rss()
+        if self._hwm:
+            hwm = _hwm()
+            now = max(now or 0, hwm or 0) or None
         if now is not None and (self.peak is None or now > self.peak):
             self.peak = now
 
