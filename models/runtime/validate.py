@@ -185,9 +185,11 @@ class _MemorySampler:
 
     @property
     def growth(self) -> int:
+        lifetime = max(0, _maxrss() - self._maxrss_before)
         if self.base is None or self.peak is None:
-            return max(0, _maxrss() - self._maxrss_before)
-        return max(0, self.peak - self.base)
+            return lifetime
+        # a new lifetime peak is a peak of this stretch even when the sampler missed it
+        return max(self.peak - self.base, lifetime, 0)
 
 
 class _GpuPeak:
