@@ -6,9 +6,16 @@ a peer run in the same process.
   NeuroKit2 is not installed, on the same MLII samples. Prints sensitivity and positive
   predictivity (150 ms window, beat annotations only) and the MedGate/peer speed ratio.
 - ecg-measure: the whole engine (read DICOM, measure, interpret) on pydicom's 10-s 12-lead ECG.
+- ecg-measure against NeuroKit2: real 10-s 12-lead records (pydicom's DICOM ECG and the 10-s
+  windows of PTB record s0010_re at its 12 standard leads, resampled to 500 Hz by our reader):
+  ``measure.analyse`` + ``interpret.interpret`` per record (and read + analyse + interpret for
+  the DICOM file) against NeuroKit2's ``ecg_process`` (clean, peaks, delineation, rate) on each
+  of the 12 leads of the same records, in the same run; records/s for both and the ratio.
+  ``--profile`` adds a cProfile of the engine on those records, by function.
 - MERL reference: the ECG tower alone, and the whole engine (read, preprocess, score).
 
-Run from the repository root:  .venv/bin/python bench/ecg.py [--repeat N]
+Run from the repository root:  .venv/bin/python bench/ecg.py [--repeat N] [--profile]
+[--only SECTION]
 Torch uses two threads, the size of the reference machine.
 """
 
@@ -114,6 +121,96 @@ def measure_section(repeat: int) -> None:
           f"{len(res.findings)} findings)")
 
 
+def twelve_lead_records() -> list[Any]:
+    """Real 10-s 12-lead records at 500 Hz: pydicom's DICOM ECG and PTB s0010_re windows."""
+    from pydicom.data import get_testdata_file
+
+    from models.ecg.leads import STANDARD_LEADS
+    from models.ecg.signal import EcgRecord, read_ecg, select_leads
+
+    records = [read_ecg(get_testdata_file("waveform_ecg.dcm"))]
+    hea = DATA / "ecg" / "wfdb" / "s0010_re.hea"
+    if hea.exists():
+        ptb = select_leads(read_ecg(hea), list(STANDARD_LEADS))
+        n = int(10 * ptb.fs)
+        for k in range(ptb.n_samples // n):
+            records.append(EcgRecord(signals_mv=ptb.signals_mv[:, k * n:(k + 1) * n].copy(),
+                                     fs=ptb.fs, leads=list(ptb.leads),
+                                     source=f"{ptb.source}[{10 * k}-{10 * (k + 1)} s]",
+                                     original_fs=ptb.original_fs, patient=dict(ptb.patient)))
+    else:
+        print(f"  ({hea} not present: the DICOM record only)")
+    return records
+
+
+def _nk_process(records: list[Any]) -> Callable[[], None] | None:
+    try:
+        import neurokit2 as nk
+    except ImportError:
+        return None
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for rec in records:
+                for lead in rec.signals_mv:
+                    nk.ecg_process(lead, sampling_rate=int(rec.fs))
+
+    return run
+
+
+def engine_vs_neurokit_section(repeat: int, profile: bool) -> None:
+    from pydicom.data import get_testdata_file
+
+    from models.ecg.interpret import interpret
+    from models.ecg.measure import analyse
+    from models.ecg.signal import read_ecg
+
+    records = twelve_lead_records()
+    n = len(records)
+    dcm = get_testdata_file("waveform_ecg.dcm")
+
+    def medgate() -> None:
+        for rec in records:
+            interpret(analyse(rec))
+
+    t_mg, _ = timed(medgate, repeat)
+    t_read, _ = timed(lambda: interpret(analyse(read_ecg(dcm))), repeat)
+    print(f"ecg-measure vs NeuroKit2, {n} real 10-s 12-lead records at {records[0].fs:g} Hz "
+          f"({', '.join(Path(r.source).name for r in records)})")
+    print(f"  MedGate analyse + interpret     : {t_mg / n * 1000:7.1f} ms per record = "
+          f"{n / t_mg:6.2f} records/s")
+    print(f"  MedGate read + analyse + interp.: {t_read * 1000:7.1f} ms (the DICOM file) = "
+          f"{1 / t_read:6.2f} records/s")
+    nk_run = _nk_process(records)
+    if nk_run is None:
+        print("  NeuroKit2 not installed (pip install -e '.[dev]'): no peer timing")
+    else:
+        import neurokit2 as nk
+
+        t_nk, _ = timed(nk_run, repeat)
+        print(f"  NeuroKit2 {nk.__version__} ecg_process x 12 leads: {t_nk / n * 1000:7.1f} ms per "
+              f"record = {n / t_nk:6.2f} records/s")
+        print(f"  speed ratio MedGate/NeuroKit2 (higher is faster): {t_nk / t_mg:.2f}")
+    if profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(max(repeat, 1)):
+            medgate()
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out).sort_stats("tottime")
+        stats.print_stats(25)
+        print(out.getvalue())
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats("models/ecg", 30)
+        print(out.getvalue())
+
+
 def merl_section(repeat: int) -> None:
     import torch
     from pydicom.data import get_testdata_file
@@ -140,14 +237,22 @@ def merl_section(repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the ecg-measure engine on the 12-lead records")
+    parser.add_argument("--only", choices=["rpeaks", "measure", "neurokit", "merl"],
+                        help="run one section")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(2)
     print(f"machine: {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}")
-    rpeak_section(args.repeat)
-    measure_section(args.repeat)
-    merl_section(args.repeat)
+    sections = {"rpeaks": lambda: rpeak_section(args.repeat),
+                "measure": lambda: measure_section(args.repeat),
+                "neurokit": lambda: engine_vs_neurokit_section(args.repeat, args.profile),
+                "merl": lambda: merl_section(args.repeat)}
+    for name, run in sections.items():
+        if args.only in (None, name):
+            run()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from models.technical import VERSION as TECHNICAL_VERSION
 
 DEFAULT_VERSIONS: dict[str, tuple[str, str]] = {  # family -> (version, variant)
     "technical": (TECHNICAL_VERSION, "builtin"),
-    "ecg-measure": ("1.0.0", "builtin"),
+    "ecg-measure": ("1.1.0", "builtin"),
     "merl": ("reference", "reference"),
     "promptmrg": ("reference", "reference"),
     "libra": ("reference", "reference"),

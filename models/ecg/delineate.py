@@ -12,8 +12,11 @@ Conventions (documented in ``docs/ecg.md``):
   crossings do not end a wave. QRS onset and P offset are taken against the PR level; the J point,
   T end and P onset against the level the lead settles on, found where its slope has become small
   (the ST segment and the TP segment need not sit on the PR level).
-- The T end is bounded by the tangent method (steepest descent to the PR level) plus
-  ``TANGENT_SLACK_MS``, for T waves that drift into baseline wander or the next P wave.
+- T end and P onset by the tangent method, as acquiring carts measure them: the tangent at the
+  steepest descent of the T wave meets the level the lead settles on after it (the median of the
+  ``TP_LEVEL_MS`` after a first crossing of the PR level); the tangent at the steepest rise of the
+  P wave, extended back, meets the PR level. A lead where the tangent gives no crossing falls back
+  on the amplitude rule above.
 - Global boundaries take the earliest onset and the latest offset over the usable leads, as the
   standards define global intervals (AHA2007-I).
 """
@@ -34,7 +37,9 @@ POST_S = 0.75
 P_MIN_MV = 0.04  # smallest median-beat P deflection treated as a P wave in a lead
 SLOW_SLOPE_MV_S = 0.5  # P and T waves have settled when slower than this (or a fraction of
 SLOW_SLOPE_FRACTION = 0.05  # the wave's own steepest slope)
-TANGENT_SLACK_MS = 60.0  # a settled T end may lie this far past the tangent-method end
+T_PEAK_RR_FRACTION = 0.45
+T_PEAK_SLACK_MS = 150.0
+TP_LEVEL_MS = 40.0  # the level after the T wave: median of this stretch past the first tangent end
 
 
 @dataclass
@@ -183,8 +188,12 @@ def delineate(beat: np.ndarray, fs: float, r: int, usable: list[bool] | None = N
     if rr_ms:
         t_hi = min(t_hi, r + int((min(rr_ms, 1500.0) - 90.0) * ms))
     t_lo = qrs_off + int(40 * ms)
-    if with_t and t_hi - t_lo > int(60 * ms):
-        dev = beat[:, t_lo:t_hi] - base[:, None]
+    # the T peak comes before the next beat's P wave: within the longest QT a rate allows
+    # (QT peak by 0.45 RR + 150 ms), so a small T wave does not lose to the next P wave
+    tp_hi = min(t_hi, r + int((T_PEAK_RR_FRACTION * rr_ms + T_PEAK_SLACK_MS) * ms)) \
+        if rr_ms else t_hi
+    if with_t and tp_hi - t_lo > int(60 * ms):
+        dev = beat[:, t_lo:tp_hi] - base[:, None]
         amp = np.abs(dev).max(axis=1)
         best = max(use, key=lambda i: amp[i])
         if amp[best] >= 2 * MIN_WAVE_MV:
@@ -198,25 +207,33 @@ def delineate(beat: np.ndarray, fs: float, r: int, usable: list[bool] | None = N
                     # T waves are near-simultaneous in all leads (one repolarisation vector);
                     # a far-off peak is another wave (a U wave, the next P wave)
                     continue
-                t_slope = float(slope[i, t_lo:t_hi].max())
-                s_thr = max(SLOW_SLOPE_MV_S, SLOW_SLOPE_FRACTION * t_slope, 3.0 * slope_noise[i])
                 # start where the T wave falls fastest: its flat top must not count as settled
                 steep = pk + int(np.argmax(slope[i, pk: min(pk + int(150 * ms), t_hi)]))
-                end = _settle_forward(beat[i], slope[i] <= s_thr, steep, t_hi + 2 * run, thr[i],
-                                      2 * run)
-                # Tangent method (steepest descent to the isoelectric level) as the bound: a
-                # T wave that drifts into a wandering baseline or the next P wave never settles
-                tangent = _tangent_end(beat[i], signed[i], steep, base[i], fs)
-                if end is None or (tangent is not None and end > tangent + int(TANGENT_SLACK_MS
-                                                                               * ms)):
-                    end = tangent
+                # Tangent method (the tangent at the steepest descent meets the isoelectric
+                # level), the convention of the acquiring carts and of the QT literature; a lead
+                # whose slope gives no crossing settles by amplitude instead
+                end = _tangent_end(beat[i], signed[i], steep, base[i], fs)
+                if end is not None and end < t_hi:
+                    # the level the lead settles on after T (start of the TP segment) is the
+                    # reference, not the PR level: TP often sits above it, and a tangent run
+                    # down to the PR level would overshoot the end
+                    after = beat[i, end: min(end + int(TP_LEVEL_MS * ms), t_hi)]
+                    if after.size >= run:
+                        end = _tangent_end(beat[i], signed[i], steep, float(np.median(after)),
+                                           fs) or end
+                if end is None or end > t_hi:
+                    t_slope = float(slope[i, t_lo:t_hi].max())
+                    s_thr = max(SLOW_SLOPE_MV_S, SLOW_SLOPE_FRACTION * t_slope,
+                                3.0 * slope_noise[i])
+                    end = _settle_forward(beat[i], slope[i] <= s_thr, steep, t_hi + 2 * run,
+                                          thr[i], 2 * run)
                 if end is not None:
                     ends.append(min(end, t_hi))
             fid.t_end = int(max(ends)) if ends else None
 
     # 4. P wave: between the previous T wave and the QRS
     if with_p:
-        _find_p(beat, slope, fs, fid, base, thr, slope_noise, use, rr_ms, run)
+        _find_p(beat, signed, fs, fid, base, thr, slope_noise, use, rr_ms, run)
     return fid, base
 
 
@@ -272,6 +289,18 @@ def _tangent_end(x: np.ndarray, signed_slope: np.ndarray, steep: int, level: flo
     return steep + int(round(dt_s * fs))
 
 
+def _tangent_start(x: np.ndarray, signed_slope: np.ndarray, steep: int, level: float,
+                   fs: float) -> int | None:
+    """Where the tangent at the steepest point of a wave's rise, extended back, meets ``level``."""
+    g = float(signed_slope[steep])
+    if abs(g) < 1e-9:
+        return None
+    dt_s = (float(x[steep]) - level) / g
+    if dt_s <= 0:
+        return None
+    return steep - int(round(dt_s * fs))
+
+
 def _coarse_onset(combined: np.ndarray, r: int, ms: float) -> int:
     """Walk back from the steepest point near R while the smoothed combined slope stays above
     10 % of its peak, allowing dips of up to 20 ms between QRS components."""
@@ -317,10 +346,11 @@ def _noise(beat: np.ndarray, iso: tuple[int, int]) -> np.ndarray:
     return np.std(np.diff(seg, n=2, axis=1), axis=1) / np.sqrt(6.0)
 
 
-def _find_p(beat: np.ndarray, slope: np.ndarray, fs: float, fid: Fiducials, base: np.ndarray,
+def _find_p(beat: np.ndarray, signed: np.ndarray, fs: float, fid: Fiducials, base: np.ndarray,
             thr: np.ndarray, slope_noise: np.ndarray, use: list[int], rr_ms: float | None,
             run: int) -> None:
     ms = fs / 1000.0
+    slope = np.abs(signed)
     hi = fid.qrs_on - int(20 * ms)
     lo = max(fid.qrs_on - int(420 * ms), 0)
     if rr_ms and fid.t_end is not None:
@@ -341,13 +371,16 @@ def _find_p(beat: np.ndarray, slope: np.ndarray, fs: float, fid: Fiducials, base
         pk = int(lo + np.argmax(np.abs(dev[i])))
         if abs(pk - fid.p_peak) > int(60 * ms):
             continue
-        p_slope = float(slope[i, lo:hi].max())
-        s_thr = max(SLOW_SLOPE_MV_S, SLOW_SLOPE_FRACTION * p_slope, 3.0 * slope_noise[i])
         # start where the P wave rises fastest: its flat top must not count as settled
         a = max(pk - int(60 * ms), lo)
         steep = a + int(np.argmax(slope[i, a: pk + 1]))
-        on = _settle_backward(beat[i], slope[i] <= s_thr, steep, max(lo - int(60 * ms), 0),
-                              thr[i], run)
+        # tangent method, as for the T end: the tangent at the steepest rise meets the PR level
+        on = _tangent_start(beat[i], signed[i], steep, base[i], fs)
+        if on is None or on < max(lo - int(60 * ms), 0):
+            p_slope = float(slope[i, lo:hi].max())
+            s_thr = max(SLOW_SLOPE_MV_S, SLOW_SLOPE_FRACTION * p_slope, 3.0 * slope_noise[i])
+            on = _settle_backward(beat[i], slope[i] <= s_thr, steep, max(lo - int(60 * ms), 0),
+                                  thr[i], run)
         # the P wave ends on the PR segment, which is the baseline
         quiet = np.abs(beat[i] - base[i]) <= thr[i]
         off = _first_quiet_after(quiet, pk, fid.qrs_on + run, run)

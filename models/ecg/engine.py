@@ -8,15 +8,26 @@ it and returns measurements, findings, warnings and short text sections.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from models.base import ContractError, EngineResult, ModelInfo, ModelSpec, StudyInput
+from models.base import (
+    Code,
+    ContractError,
+    EngineResult,
+    Measurement,
+    ModelInfo,
+    ModelSpec,
+    StudyInput,
+    Where,
+)
+from models.ecg.cart import CartMeasurements
 from models.ecg.errors import EcgInputError
 from models.ecg.interpret import interpret
 from models.ecg.leads import STANDARD_LEADS
-from models.ecg.measure import EcgAnalysis, analyse
+from models.ecg.measure import LOINC, EcgAnalysis, analyse
 from models.ecg.signal import EcgRecord, is_ecg_file, read_ecg, select_leads
 
 FAMILY = "ecg-measure"
@@ -71,14 +82,27 @@ class EcgMeasureEngine:
             warnings.append(f"leads {', '.join(extra)} are not standard 12-lead leads and were "
                             "not analysed")
         raw = analysis.raw()
+        summary = _text(analysis, interp.findings)
+        measurements = list(analysis.measurements)
+        if record.cart is not None and not record.cart.empty:
+            measurements += cart_measurements(record.cart, analysis.values,
+                                              record.instance_uid)
+            line = cart_line(record.cart, analysis.values)
+            if line:
+                summary["measurements"] = "\n".join(
+                    t for t in (summary.get("measurements"), line) if t)
         raw.update(file=str(path), not_analysed_leads=extra,
                    other_waveform_groups=[g.label for g in record.groups],
                    patient=dict(record.patient),
+                   # the acquiring device's own values, statements and fiducials, as read;
+                   # its statements stay here and never become MedGate findings
+                   cart=({"source": "acquiring device", **record.cart.to_dict()}
+                         if record.cart is not None else None),
                    # a plain summary for the CLI and logs; the composer writes report text
-                   summary=_text(analysis, interp.findings))
+                   summary=summary)
         return EngineResult(
             model=ModelInfo(FAMILY, self.version, None), trained=True,
-            findings=interp.findings, measurements=analysis.measurements,
+            findings=interp.findings, measurements=measurements,
             warnings=warnings, raw=raw)
 
 
@@ -123,3 +147,106 @@ def _text(a: EcgAnalysis, findings: list[Any]) -> dict[str, str]:
         lines = present + [f"possible: {x}" for x in uncertain]
         text["interpretation"] = "; ".join(lines) + "."
     return text
+
+
+# ------------------------------------------------------------------------------------------------
+# The acquiring device's measurements beside MedGate's
+
+# cart name -> MedGate's value it is compared with (QTc: by the formula the cart's code names)
+_COMPARED = {"rr_interval": "rr_interval", "heart_rate": "heart_rate",
+             "pr_interval": "pr_interval", "qrs_duration": "qrs_duration",
+             "qt_interval": "qt_interval", "p_axis": "p_axis", "qrs_axis": "qrs_axis",
+             "t_axis": "t_axis"}
+_QTC_BY_FORMULA = {"Bazett": "qtc_bazett", "Fridericia": "qtc_fridericia"}
+
+
+def _cart_name(name: str, formula: str | None) -> str:
+    if name == "qtc" and formula in _QTC_BY_FORMULA:
+        return _QTC_BY_FORMULA[formula]  # qtc_bazett / qtc_fridericia
+    return name
+
+
+def _difference(ours: float, cart: float, unit: str) -> float:
+    d = ours - cart
+    if unit == "deg":  # axes: the shorter way round, in (-180, 180]
+        d = (d + 180.0) % 360.0 - 180.0
+        d = 180.0 if d == -180.0 else d
+    return d
+
+
+def cart_measurements(cart: CartMeasurements, values: dict[str, float],
+                      instance_uid: str | None) -> list[Measurement]:
+    """``cart_<name>`` for each value the acquiring device stored (same unit as MedGate's), and
+    ``<name>_cart_difference`` = MedGate - device where MedGate measured the same quantity.
+
+    A QTc whose code names no correction is ``cart_qtc`` and gets no difference: comparing it
+    with MedGate's Bazett or Fridericia value would assume the device's formula."""
+    where = Where(instance_uid=instance_uid)
+    out: list[Measurement] = []
+    seen: set[str] = set()
+    for m in cart.measurements:
+        name = _cart_name(m.name, m.formula)
+        if name in seen:  # a second value for the same quantity: cart.notes says which is used
+            continue
+        seen.add(name)
+        # LOINC concept as MedGate's own value; the meaning says whose number it is (the
+        # device's own code, SCP-ECG or MDC, is in raw["cart"]: not a scheme results may carry)
+        loinc = LOINC.get(name) or (LOINC["qtc_bazett"] if m.name == "qtc" else None)
+        code = (Code.parse(loinc, f"{m.code.meaning or name} (acquiring device)")
+                if loinc else None)
+        out.append(Measurement(f"cart_{name}", round(m.value, 3), m.unit, code, where))
+        ours_key = _COMPARED.get(name) or (name if name in _QTC_BY_FORMULA.values() else None)
+        ours = values.get(ours_key) if ours_key else None
+        if ours is not None and math.isfinite(ours):
+            out.append(Measurement(f"{name}_cart_difference",
+                                   round(_difference(ours, m.value, m.unit), 3), m.unit, None,
+                                   where))
+    return out
+
+
+def cart_line(cart: CartMeasurements, values: dict[str, float]) -> str:
+    """One line for the measurement text: what the acquiring device measured, with MedGate's
+    value and the difference (MedGate - device)."""
+    parts: list[str] = []
+
+    def one(label: str, name: str, ours_key: str | None) -> None:
+        m = next((x for x in cart.measurements if _cart_name(x.name, x.formula) == name), None)
+        if m is None:
+            return
+        unit = "bpm" if m.unit == "/min" else m.unit
+        ours = values.get(ours_key) if ours_key else None
+        if ours is None:
+            parts.append(f"{label} {m.value:.0f} {unit}")
+        else:
+            d = _difference(ours, m.value, m.unit)
+            parts.append(f"{label} {m.value:.0f} {unit} (MedGate {ours:.0f} {unit}, {d:+.0f})")
+
+    one("rate", "heart_rate", "heart_rate")
+    one("RR", "rr_interval", "rr_interval")
+    one("PR", "pr_interval", "pr_interval")
+    one("QRS", "qrs_duration", "qrs_duration")
+    one("QT", "qt_interval", "qt_interval")
+    one("QTc (Bazett)", "qtc_bazett", "qtc_bazett")
+    one("QTc (Fridericia)", "qtc_fridericia", "qtc_fridericia")
+    qtc = next((x for x in cart.measurements if _cart_name(x.name, x.formula) == "qtc"), None)
+    if qtc is not None:
+        ours = [f"{label} {values[k]:.0f} ms" for label, k in
+                (("Bazett", "qtc_bazett"), ("Fridericia", "qtc_fridericia")) if k in values]
+        parts.append(f"QTc {qtc.value:.0f} ms (correction not stated"
+                     + (f"; MedGate {', '.join(ours)})" if ours else ")"))
+    axes = [(k, next((x for x in cart.measurements if x.name == f"{k}_axis"), None))
+            for k in ("p", "qrs", "t")]
+    axes = [(k, m) for k, m in axes if m is not None]
+    if axes:
+        labels = "/".join(k.upper() for k, _ in axes)
+        dev = "/".join(f"{m.value:.0f}" for _, m in axes)
+        text = f"axes {labels} {dev} deg"
+        if all(f"{k}_axis" in values for k, _ in axes):
+            ours = "/".join(f"{values[f'{k}_axis']:.0f}" for k, _ in axes)
+            diffs = "/".join(f"{_difference(values[f'{k}_axis'], m.value, 'deg'):+.0f}"
+                             for k, m in axes)
+            text += f" (MedGate {ours}, {diffs})"
+        parts.append(text)
+    if not parts:
+        return ""
+    return "Acquiring device measured: " + "; ".join(parts) + "."

@@ -71,6 +71,13 @@ _MEASURE: dict[str, str] = {
     "ecg-premature-ventricular-complex": "Premature ventricular complex",
     "ecg-premature-atrial-complex": "Premature atrial complex",
     "ecg-normal-ecg": "Normal ECG",
+    "ecg-atrial-flutter": "Atrial flutter",
+    "ecg-junctional-rhythm": "Junctional rhythm",
+    "ecg-paced-rhythm": "Paced rhythm",
+    "ecg-second-degree-av-block-mobitz-1": "Second-degree AV block, Mobitz type I (Wenckebach)",
+    "ecg-second-degree-av-block-mobitz-2": "Second-degree AV block, Mobitz type II",
+    "ecg-third-degree-av-block": "Third-degree (complete) AV block",
+    "ecg-incomplete-rbbb": "Incomplete right bundle branch block",
 }
 
 
@@ -101,7 +108,13 @@ SINUS = ("ecg-sinus-rhythm", "merl:SR")
 BRADY = ("ecg-sinus-bradycardia", "merl:SBRAD")
 TACHY = ("ecg-sinus-tachycardia", "merl:STACH")
 AF = ("ecg-atrial-fibrillation", "merl:AFIB")
-FLUTTER = ("merl:AFLT",)
+FLUTTER = ("ecg-atrial-flutter", "merl:AFLT")
+JUNCTIONAL = ("ecg-junctional-rhythm",)
+PACED = ("ecg-paced-rhythm",)
+MOBITZ1 = ("ecg-second-degree-av-block-mobitz-1",)
+MOBITZ2 = ("ecg-second-degree-av-block-mobitz-2",)
+AVB3 = ("ecg-third-degree-av-block",)
+IRBBB = ("ecg-incomplete-rbbb",)
 UNDETERMINED = ("ecg-rhythm-undetermined",)
 AVB1 = ("ecg-first-degree-av-block", "merl:1AVB")
 RBBB = ("ecg-rbbb", "merl:CRBBB")
@@ -127,7 +140,8 @@ QUALITY = ("ecg-signal-quality",)
 _NARROWER: dict[str, tuple[str, ...]] = {
     "merl:STE": tuple(_TERRITORY_CODES.values()),
     "_st-change": (*STE, *STD),
-    "_av-block": AVB1,
+    "_av-block": (*AVB1, "_second-degree", *AVB3),
+    "_second-degree": (*MOBITZ1, *MOBITZ2),
     "_bundle-branch-block": (*RBBB, *LBBB),
     "_wide-qrs": ("_bundle-branch-block", *IVCD),
     "_axis-deviation": (*LAD, *RAD, *EXTREME_AXIS),
@@ -157,6 +171,23 @@ _PHRASES: list[tuple[tuple[str, ...], list[str]]] = [
             r"pr(?: interval)? prolongation", r"long pr(?: interval)?",
             r"pr(?: interval)? (?:is |was )?(?:mildly |markedly )?prolonged"]),
     (RBBB, [r"(?:complete )?right bundle[- ]branch block", r"(?:complete )?rbbb"]),
+    (IRBBB, [r"incomplete right bundle[- ]branch block", r"incomplete rbbb", r"partial rbbb",
+             r"irbbb"]),
+    (JUNCTIONAL, [r"(?:accelerated )?junctional (?:escape )?rhythm", r"(?:av )?nodal rhythm",
+                  r"accelerated junctional", r"junctional escape"]),
+    (PACED, [r"(?:ventricular|atrial|dual[- ]chamber|av sequential|a-v sequential|atrial-sensed)"
+             r"(?: or dual-chamber)? (?:\(dual-chamber\) )?paced rhythm", r"paced rhythm",
+             r"(?:ventricular|atrial|dual[- ]chamber|av sequential) pacing",
+             r"pacemaker rhythm", r"paced ecg"]),
+    (MOBITZ1, [r"(?:second|2nd|2)[- ]?degree (?:(?:av|a-v|atrio-?ventricular|heart) )?block,? "
+               r"(?:mobitz )?type (?:i|1)(?: \(wenckebach\))?", r"mobitz (?:type )?(?:i|1)",
+               r"wenckebach(?: phenomenon| block| periodicity)?"]),
+    (MOBITZ2, [r"(?:second|2nd|2)[- ]?degree (?:(?:av|a-v|atrio-?ventricular|heart) )?block,? "
+               r"(?:mobitz )?type (?:ii|2)", r"mobitz (?:type )?(?:ii|2)"]),
+    ((*MOBITZ1, *MOBITZ2), [r"(?:second|2nd|2)[- ]?degree (?:(?:av|a-v|atrio-?ventricular|"
+                            r"heart) )?block(?:,? type not determined)?"]),
+    (AVB3, [r"(?:third|3rd|3)[- ]?degree (?:\(complete\) )?(?:(?:av|a-v|atrio-?ventricular|"
+            r"heart) )?block", r"complete (?:av|a-v|atrio-?ventricular|heart) block", r"chb"]),
     (LBBB, [r"(?:complete )?left bundle[- ]branch block", r"(?:complete )?lbbb"]),
     (IVCD, [r"(?:non[- ]?specific )?(?:intra[- ]?ventricular|iv) conduction "
             r"(?:delay|defect|disturbance|abnormality)", r"(?:ns)?ivcd"]),
@@ -233,11 +264,10 @@ _FIXED: list[tuple[tuple[str, ...], str, list[str]]] = [
 # Wordings that contain a phrase above and mean something no engine codes ("incomplete RBBB" is
 # not RBBB; "complete heart block" is not a denied AV block; "proximal LAD" is the artery).
 _NOT_CODED: list[str] = [
-    r"incomplete (?:right |left )?(?:bundle[- ]branch block|bbb)", r"incomplete [rl]bbb",
-    r"partial [rl]bbb", r"i[rl]bbb",
-    r"(?:second|third|2nd|3rd|2:1|3:1|high[- ]grade|advanced|complete)(?:[- ]degree)?(?: (?:or|"
-    r"and|/) (?:second|third|2nd|3rd)(?:[- ]degree)?)? (?:(?:av|a-v|atrio-?ventricular|heart) )?"
-    r"(?:block|avb|hb)",
+    r"incomplete (?:left )?(?:bundle[- ]branch block|bbb)", r"incomplete lbbb",
+    r"partial lbbb", r"ilbbb",
+    r"(?:2:1|3:1|high[- ]grade|advanced)(?:[- ]degree)?(?: (?:or|and|/) (?:second|third|2nd|3rd)"
+    r"(?:[- ]degree)?)? (?:(?:av|a-v|atrio-?ventricular|heart) )?(?:block|avb|hb)",
     r"non[- ]?st[- ]?(?:segment[- ])?elevation(?: myocardial infarction| mi| acs)?",
     r"non[- ]?stemi", r"nstemi", r"nste[- ]?(?:acs|mi)",
     r"(?:proximal|prox|mid|distal|ostial) lad",

@@ -19,6 +19,9 @@ KNOWLEDGE_IDS = {
     "ecg-st-elevation-septal", "ecg-st-depression", "ecg-low-voltage",
     "ecg-premature-ventricular-complex", "ecg-premature-atrial-complex", "ecg-heart-rate",
     "ecg-pr-interval", "ecg-qrs-duration", "ecg-qt-interval", "ecg-signal-quality",
+    "ecg-atrial-flutter", "ecg-junctional-rhythm", "ecg-paced-rhythm", "ecg-incomplete-rbbb",
+    "ecg-second-degree-av-block-mobitz-1", "ecg-second-degree-av-block-mobitz-2",
+    "ecg-third-degree-av-block",
 }
 
 
@@ -46,7 +49,7 @@ def test_normal_ecg():
     _, out = run(heart_rate=72, pr_ms=160, qrs_ms=90, qt_ms=390)
     assert present(out) == {"ecg-sinus-rhythm", "ecg-normal-axis", "ecg-normal-ecg"}
     normal = next(f for f in out.findings if f.code.value == "ecg-normal-ecg")
-    assert {"m:heart_rate", "m:pr_interval", "m:qrs_duration", "m:qtc_bazett"} <= set(
+    assert {"m:heart_rate", "m:pr_interval", "m:qrs_duration", "m:qtc_framingham"} <= set(
         normal.evidence)
 
 
@@ -137,12 +140,13 @@ def test_prolonged_qt_by_sex():
     _, out = run(heart_rate=70, qt_ms=480)  # QTc ~ 519 ms
     assert "ecg-prolonged-qt" in present(out)
     # QTc ~ 455 ms: prolonged for men, below the women's cut-off, uncertain when sex unknown
-    a, men = run(sex="M", heart_rate=60, qt_ms=455)
-    assert 450 <= a.values["qtc_bazett"] < 460
+    # (the generator's QT is its 20 uV extent; the tangent method reads it about 15 ms shorter)
+    a, men = run(sex="M", heart_rate=60, qt_ms=470)
+    assert 450 <= a.values["qtc_framingham"] < 460
     assert "ecg-prolonged-qt" in present(men)
-    _, women = run(sex="F", heart_rate=60, qt_ms=455)
+    _, women = run(sex="F", heart_rate=60, qt_ms=470)
     assert not any(f.code.value == "ecg-prolonged-qt" for f in women.findings)
-    _, unknown = run(heart_rate=60, qt_ms=455)
+    _, unknown = run(heart_rate=60, qt_ms=470)
     states = [f.state for f in unknown.findings if f.code.value == "ecg-prolonged-qt"]
     assert states == ["uncertain"]
 
