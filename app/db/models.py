@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -333,7 +334,12 @@ class ModelAssignment(Base):
     ``replaces_fk`` is the assignment this one ended: what a rollback goes back to."""
 
     __tablename__ = "model_assignment"
-    __table_args__ = (Index("ix_model_assignment_open", "family", "role", "ended_at"),)
+    __table_args__ = (
+        Index("ix_model_assignment_open", "family", "role", "ended_at"),
+        # one open assignment per family, role and rule (two administrators at once)
+        Index("uq_model_assignment_open_one", "family", "role", "rule", unique=True,
+              postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     family: Mapped[str] = mapped_column(String(64))

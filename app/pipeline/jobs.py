@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.db.models import Instance, Job, Series, Study, utcnow
+from app.db.models import Instance, Job, ModelValidation, Series, Study, utcnow
 from app.dicom.headers import read_header
 from app.pipeline import dispatch, routes_store
 from app.pipeline.routing import StudyMeta, match, summarise
@@ -179,7 +179,17 @@ def fail(session: Session, job_id: int, token: str, reason: str) -> None:
     if r.rowcount == 1:
         job = session.get(Job, job_id)
         add_event(session, job.study_fk, "failed", job=job_id, reason=reason[:500])
+        _fail_validation(session, job_id, reason)
     session.commit()
+
+
+def _fail_validation(session: Session, job_id: int, reason: str) -> None:
+    """A validation whose job failed has no outcome and never will: it fails too, so the
+    version can be validated again."""
+    session.execute(update(ModelValidation).where(ModelValidation.job_fk == job_id,
+                                                  ModelValidation.state == "queued")
+                    .values(state="failed", finished_at=utcnow(),
+                            error=f"its job failed: {reason}"[:2000]))
 
 
 def release(session: Session, job_id: int, token: str, reason: str) -> bool:
@@ -213,6 +223,8 @@ def sweep(session_factory, now: datetime | None = None) -> dict[str, list[int]]:
                                                   Job.state == "started").values(**values))
             if r.rowcount == 1:
                 add_event(session, job.study_fk, kind, job=job.id, reason="worker lost")
+                if bucket == "failed":
+                    _fail_validation(session, job.id, values["error"])
                 session.commit()
                 out[bucket].append(job.id)
                 if bucket == "requeued":

@@ -199,7 +199,8 @@ def _plan(session: Session, job_id: int) -> _Plan:
         models[family] = resolve(session, family, device=device, dtype=dtype, rule=job.rule)
         shadow = None if ask is not None else resolve_shadow(session, family, device=device,
                                                               dtype=dtype, rule=job.rule)
-        if shadow is not None:
+        # a version shadowing every rule and active on this one would only run twice
+        if shadow is not None and shadow.version_id != models[family].version_id:
             shadows[family] = shadow
         if (ask is not None and models[family].spec.variant == "reference"
                 and not settings.allow_reference_answers):
@@ -339,6 +340,16 @@ def _run_shadow(cache: EngineCache, shadow: Resolved, plan: _Plan, earlier: list
     study = replace(plan.study, output_dir=out / f"shadow-{shadow.spec.family}" if out else None,
                     earlier=list(earlier))
     try:
+        return _shadow_run(cache, shadow, study, keep, active)
+    finally:
+        # shadow outputs (masks) are compared, never kept: no patient-derived file is left
+        if study.output_dir is not None:
+            shutil.rmtree(study.output_dir, ignore_errors=True)
+
+
+def _shadow_run(cache: EngineCache, shadow: Resolved, study: StudyInput, keep: frozenset,
+                active: EngineResult) -> Run:
+    try:
         result, run = _run_one(cache, shadow, study, keep, "shadow")
     except ManifestError as exc:
         with session_factory()() as session:
@@ -476,7 +487,9 @@ def _validate(factory, job_id: int, token: str, started: float) -> str:  # noqa:
     out = settings.results_dir / "validation" / f"{validation_id}"
     load_plugins()  # a site's own family is validated like a built-in one
     try:
-        outcome = run_validation(spec, manifest, output_dir=out)
+        # bounded like any engine call: a model that hangs fails its validation
+        outcome = _call(lambda: run_validation(spec, manifest, output_dir=out),
+                        settings.engine_timeout_seconds)
     except Exception as exc:  # noqa: BLE001 - a case that cannot be read fails the validation
         outcome = failed(describe_error(exc), "case")
     finally:

@@ -20,9 +20,10 @@ the start of each job, so a change takes effect on the next job.
 from __future__ import annotations
 
 import uuid
+import zlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -31,8 +32,10 @@ from app.pipeline import dispatch, routes_store
 from app.pipeline.routing import RouteRule
 from app.registry.defaults import default_spec
 from app.registry.versions import (
+    BUILD_ERRORS,
     NotRegistered,
     RegistryError,
+    assigned,
     get_version,
     manifest_of,
     open_assignments,
@@ -40,8 +43,18 @@ from app.registry.versions import (
     weights_location,
 )
 from app.security import audit
-from models.base import DOMAINS, ContractError, ModelSpec, build
+from models.base import DOMAINS, ModelSpec, build
 from models.runtime.manifest import ManifestError, verify_manifest
+
+
+def _lock(session: Session, family: str) -> None:
+    """One life-cycle change per family at a time, until the transaction ends: two
+    administrators (or an administrator and a worker's validation) acting at once would each
+    end the same assignment and open their own. PostgreSQL takes a transaction advisory lock;
+    SQLite serialises writers itself. The partial unique index on open assignments backs it."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"medgate-model-family:{family}".encode()) - (1 << 31)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _rid(row: ModelVersion) -> str:
@@ -110,17 +123,41 @@ def quarantine(session: Session, row: ModelVersion, reason: str, actor: str = "s
     """Take a version whose weights no longer match out of service: its assignments end (jobs
     fall back to the next assignment or the built-in default) and it cannot be activated until
     its weights are restored and it passes validation again."""
-    if row.status == "quarantined":
-        return
-    ended = []
-    for a in session.scalars(select(ModelAssignment).where(
-            ModelAssignment.version_fk == row.id, ModelAssignment.ended_at.is_(None))):
+    _lock(session, row.family)
+    session.refresh(row)
+    if row.status in ("quarantined", "retired"):
+        return  # retired is final: a late validation or check does not bring it back
+    ended, restored = [], []
+    for a in list(session.scalars(select(ModelAssignment).where(
+            ModelAssignment.version_fk == row.id, ModelAssignment.ended_at.is_(None)))):
         a.ended_at, a.ended_by = utcnow(), actor
         ended.append({"role": a.role, "rule": a.rule})
+        if a.role == "active" and a.replaces_fk:
+            restored.append(_restore(session, a, f"{_rid(row)} was quarantined", actor))
+    session.flush()
     row.status, row.status_reason, row.updated_at = "quarantined", reason[:2000], utcnow()
     audit.record(session, actor, "model.quarantine", "model_version", _rid(row),
-                 outcome="failure", detail={"reason": reason[:500], "ended": ended})
+                 outcome="failure", detail={"reason": reason[:500], "ended": ended,
+                                            "restored": [r for r in restored if r]})
     metrics.MODELS_QUARANTINED.labels(family=row.family, version=row.version).inc()
+
+
+def _restore(session: Session, leaving: ModelAssignment, why: str, actor: str) -> str | None:
+    """Reopen the assignment ``leaving`` replaced (its version, or the built-in default), as a
+    rollback would, when that version can still run."""
+    before = session.get(ModelAssignment, leaving.replaces_fk)
+    target = session.get(ModelVersion, before.version_fk) if before.version_fk else None
+    if target is not None and target.status in ("retired", "quarantined"):
+        return None
+    session.flush()  # ``leaving`` is ended before its rule gets its next open assignment
+    session.add(ModelAssignment(family=leaving.family, rule=leaving.rule, role="active",
+                                version_fk=before.version_fk, replaces_fk=before.replaces_fk,
+                                reason=f"{why}: back to what it replaced", started_by=actor,
+                                started_at=utcnow()))
+    session.flush()
+    if target is not None:
+        refresh_status(session, target)
+    return _rid(target) if target is not None else f"{leaving.family}@default"
 
 
 def verify_or_quarantine(session: Session, row: ModelVersion, actor: str) -> None:
@@ -160,7 +197,7 @@ def _check_runnable(spec: ModelSpec, what: str, rules: list[RouteRule]) -> None:
     names = [r.name for r in rules]
     try:
         engine = build(spec)
-    except (ContractError, ImportError, OSError) as exc:
+    except BUILD_ERRORS as exc:
         raise RegistryError(f"{what} cannot be built ({exc}); rule(s) {names} would have no "
                             "runnable engine", 409, "not-runnable") from exc
     domains = tuple(getattr(engine, "domains", ()) or DOMAINS)
@@ -197,13 +234,20 @@ def request_validation(session: Session, family: str, version: str,
     from app.registry.cases import CaseError, site_cases_dir
     from models.validation import case_for
 
+    _lock(session, family)
     row = get_version(session, family, version)
     if row.status == "retired":
         raise RegistryError(f"{_rid(row)} is retired; register a new version", 409, "retired")
     queued = session.scalar(select(ModelValidation).where(
         ModelValidation.version_fk == row.id, ModelValidation.state == "queued"))
     if queued is not None:
-        return queued
+        job = session.get(Job, queued.job_fk) if queued.job_fk else None
+        if job is not None and job.state not in ("failed", "done"):
+            return queued
+        # its job failed or is gone (a worker that could not start it): it never will run
+        queued.state, queued.finished_at = "failed", utcnow()
+        queued.error = (f"its job ended without an outcome: {job.error}" if job is not None
+                        and job.error else "its job ended without an outcome")[:2000]
     try:
         case = case_for(family, [site_cases_dir()])
     except CaseError as exc:
@@ -230,7 +274,8 @@ def record_validation(session: Session, validation_id: int, outcome: Any, device
     """A worker's validation outcome (``models.runtime.validate.ValidationOutcome``). A pass
     clears a quarantine (the weights were restored); a manifest mismatch quarantines."""
     v = session.get(ModelValidation, validation_id)
-    row = session.get(ModelVersion, v.version_fk)
+    _lock(session, session.get(ModelVersion, v.version_fk).family)
+    row = session.get(ModelVersion, v.version_fk, populate_existing=True)
     v.state = "passed" if outcome.passed else "failed"
     v.load_seconds, v.run_seconds = outcome.load_seconds, outcome.run_seconds
     v.peak_memory_bytes, v.peak_gpu_bytes = outcome.peak_memory_bytes, outcome.peak_gpu_bytes
@@ -251,16 +296,17 @@ def shadow(session: Session, family: str, version: str, actor: str, reason: str 
            rule: str = "") -> ModelAssignment:
     """Run ``version`` beside the active one on live studies of the family's rules (or one
     rule): its results are stored and compared, never drafted."""
-    text = _reason(reason, "shadowing")
+    why = _reason(reason, "shadowing")
+    _lock(session, family)
     row = get_version(session, family, version)
     _usable(row, "shadowed")
     _require_validated(session, row, "shadowed")
     rules = _rules(session, family, rule)
-    active = _exact(session, family, "active", rule)
-    if active is not None and active.version_fk == row.id:
-        raise RegistryError(f"{_rid(row)} is the active version"
-                            f"{f' on rule {rule!r}' if rule else ''}; it cannot shadow itself",
-                            409, "already-active")
+    # on every rule it would shadow, it must not be what that rule runs already
+    running = [r.name for r in rules if assigned(session, family, "active", r.name)[1] is row]
+    if running:
+        raise RegistryError(f"{_rid(row)} is the active version on rule(s) {running}; it "
+                            "cannot shadow itself", 409, "already-active")
     _check_runnable(spec_of(row), _rid(row), rules)
     verify_or_quarantine(session, row, actor)
     current = _exact(session, family, "shadow", rule)
@@ -270,15 +316,16 @@ def shadow(session: Session, family: str, version: str, actor: str, reason: str 
                                 f"{f' on rule {rule!r}' if rule else ''}", 409,
                                 "already-shadow")
         _end(session, current, actor)
-    a = _assign(session, family, "shadow", rule, row, actor, text, current)
+    a = _assign(session, family, "shadow", rule, row, actor, why, current)
     audit.record(session, actor, "model.shadow", "model_version", _rid(row),
-                 detail={"reason": text, "rule": rule})
+                 detail={"reason": why, "rule": rule})
     return a
 
 
 def stop_shadow(session: Session, family: str, version: str, actor: str,
                 reason: str | None) -> ModelVersion:
     text = _reason(reason, "stopping a shadow")
+    _lock(session, family)
     row = get_version(session, family, version)
     ended = [a for a in open_assignments(session, family, "shadow") if a.version_fk == row.id]
     if not ended:
@@ -296,6 +343,7 @@ def activate(session: Session, family: str, version: str, actor: str, reason: st
     must have passed validation, its weights must match, and every affected rule must keep a
     runnable engine; a shadow of the same version on the same rule becomes the activation."""
     text = _reason(reason, "activation")
+    _lock(session, family)
     row = get_version(session, family, version)
     _usable(row, "activated")
     _require_validated(session, row, "activated")
@@ -327,6 +375,7 @@ def rollback(session: Session, family: str, actor: str, reason: str | None,
     rule's first activation rolls back to what runs on every rule (its own assignment ends,
     None is returned). A second rollback undoes the first."""
     text = _reason(reason, "a rollback")
+    _lock(session, family)
     rules = _rules(session, family, rule)
     current = _exact(session, family, "active", rule)
     if current is None:
@@ -365,6 +414,7 @@ def retire(session: Session, family: str, version: str, actor: str,
     """Withdraw a version for good. An active version is refused: activate another one or roll
     back first, so no rule is left without the engine it runs."""
     text = _reason(reason, "retiring")
+    _lock(session, family)
     row = get_version(session, family, version)
     if row.status == "retired":
         raise RegistryError(f"{_rid(row)} is already retired", 409, "retired")
@@ -376,6 +426,9 @@ def retire(session: Session, family: str, version: str, actor: str,
     for a in open_assignments(session, family, "shadow"):
         if a.version_fk == row.id:
             a.ended_at, a.ended_by = utcnow(), actor
+    for v in session.scalars(select(ModelValidation).where(
+            ModelValidation.version_fk == row.id, ModelValidation.state == "queued")):
+        v.state, v.error, v.finished_at = "failed", "the version was retired", utcnow()
     row.status, row.status_reason, row.updated_at = "retired", text, utcnow()
     audit.record(session, actor, "model.retire", "model_version", _rid(row),
                  detail={"reason": text})

@@ -10,18 +10,20 @@ lives in ``app.registry.lifecycle``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import ModelAssignment, ModelVersion
 from app.registry.defaults import default_spec
 from app.security import audit
-from models.base import VARIANTS, ContractError, ModelSpec, build, families
+from models.base import VARIANTS, ContractError, ModelSpec, build
 from models.runtime.manifest import (
     Manifest,
     ManifestError,
@@ -31,6 +33,11 @@ from models.runtime.manifest import (
 
 STATUSES = ("registered", "validated", "shadow", "active", "retired", "quarantined")
 ROLES = ("active", "shadow")
+
+
+# What a family's factory raises for a spec it refuses (a bad config, a missing optional
+# package, unreadable files): a refusal, never a 500.
+BUILD_ERRORS = (ContractError, TypeError, KeyError, ValueError, ImportError, OSError)
 
 
 class RegistryError(ValueError):
@@ -60,12 +67,15 @@ def register(session: Session, family: str, version: str, variant: str = "checkp
     from app.pipeline.families import known_families
 
     if family not in known_families():
-        raise RegistryError(f"unknown model family {family!r}; known: {families()}",
+        raise RegistryError(f"unknown model family {family!r}; known: {sorted(known_families())}",
                             code="unknown-family")
     if variant not in VARIANTS:
         raise RegistryError(f"variant must be one of {VARIANTS}")
-    if not isinstance(version, str) or not version.strip() or len(version) > 64:
-        raise RegistryError("version must be 1 to 64 characters")
+    if not isinstance(version, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}",
+                                                        version):
+        # it is a path segment of the admin API (/models/{family}/{version})
+        raise RegistryError("version must be 1 to 64 letters, digits or . _ + - (starting with "
+                            "a letter or digit)")
     if config is not None and not isinstance(config, dict):
         raise RegistryError("config must be a JSON object")
     if session.scalar(select(ModelVersion).where(ModelVersion.family == family,
@@ -95,15 +105,20 @@ def register(session: Session, family: str, version: str, variant: str = "checkp
     try:
         build(ModelSpec(family=family, version=version, variant=variant,  # type: ignore[arg-type]
                         weights_path=str(full) if full else None, config=config or {}))
-    except (ContractError, TypeError, KeyError) as exc:
+    except BUILD_ERRORS as exc:
         raise RegistryError(f"{family} refuses this version: {exc}", code="invalid-config") \
             from exc
     row = ModelVersion(family=family, version=version, variant=variant,
                        weights_path=weights_path, sha256=manifest.digest if manifest else None,
                        manifest=manifest.to_dict() if manifest else None, status="registered",
                        config=config or {}, notes=notes or "", registered_by=actor)
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent registration of the same version loses
+            session.add(row)
+            session.flush()
+    except IntegrityError as exc:
+        raise RegistryError(f"{family} {version} is already registered", 409,
+                            "duplicate-version") from exc
     audit.record(session, actor, "model.register", "model_version", f"{family}@{version}",
                  detail={"sha256": row.sha256, "variant": variant,
                          "files": len(manifest.files) if manifest else 0})

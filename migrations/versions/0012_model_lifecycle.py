@@ -49,6 +49,12 @@ def upgrade() -> None:
     op.create_index('ix_model_assignment_open', 'model_assignment',
                     ['family', 'role', 'ended_at'])
     op.create_index('ix_model_assignment_version_fk', 'model_assignment', ['version_fk'])
+    # one open assignment per family, role and rule: two administrators acting at once cannot
+    # leave two active versions on one rule
+    op.create_index('uq_model_assignment_open_one', 'model_assignment',
+                    ['family', 'role', 'rule'], unique=True,
+                    postgresql_where=sa.text('ended_at IS NULL'),
+                    sqlite_where=sa.text('ended_at IS NULL'))
     op.create_table(
         'model_validation',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -128,6 +134,11 @@ def upgrade() -> None:
                               nullable=False)
         batch_op.alter_column('notes', server_default=None)
         batch_op.alter_column('registered_by', server_default=None)
+    # before the life cycle, "retired" only meant "replaced by a later activation"; now it is
+    # final, so those versions become registered again (validate them to use them)
+    bind.execute(sa.text(
+        "UPDATE model_version SET status = 'registered', status_reason = 'replaced by a later "
+        "activation before the model life cycle (migration 0012)' WHERE status = 'retired'"))
     active = bind.execute(sa.text(
         "SELECT id, family FROM model_version WHERE status = 'active'")).fetchall()
     assignments = sa.table('model_assignment', sa.column('family'), sa.column('rule'),

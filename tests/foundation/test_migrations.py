@@ -120,3 +120,29 @@ def test_0010_adds_ct_and_slide_pipelines_unless_an_administrator_changed_the_ru
     assert after["pathology-sm"] == ["technical", "medplib"]
     migrate.downgrade("0009")
     assert pipelines()["ct"] == ["technical"] and pipelines()["pathology-wsi"] == ["technical"]
+
+
+def test_0012_keeps_the_active_version_active_and_frees_the_old_retired_ones(
+        monkeypatch, tmp_path, db_url):
+    """Before 0012 an activation marked the previous version "retired"; that status is final
+    now, so those versions become registered, and the active one gets an every-rule
+    assignment."""
+    from sqlalchemy import text
+
+    configure_env(monkeypatch, tmp_path / "var", db_url)
+    migrate.upgrade("0011")
+    with get_engine().begin() as conn:
+        for version, status in (("1", "retired"), ("2", "active")):
+            conn.execute(text(
+                "INSERT INTO model_version (family, version, variant, status, config, "
+                "created_at) VALUES ('promptmrg', :v, 'checkpoint', :s, '{}', "
+                "CURRENT_TIMESTAMP)"), {"v": version, "s": status})
+    migrate.upgrade()
+    with get_engine().connect() as conn:
+        status = dict(conn.execute(text(
+            "SELECT version, status FROM model_version ORDER BY version")).fetchall())
+        open_rows = conn.execute(text(
+            "SELECT a.family, a.rule, a.role, v.version FROM model_assignment a JOIN "
+            "model_version v ON v.id = a.version_fk WHERE a.ended_at IS NULL")).fetchall()
+    assert status == {"1": "registered", "2": "active"}
+    assert [tuple(r) for r in open_rows] == [("promptmrg", "", "active", "2")]
