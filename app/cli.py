@@ -460,16 +460,15 @@ def models_list() -> None:
     """Registered model versions: status, the rules they run on (active or shadow), weights."""
     from app.db.session import session_scope
     from app.registry import views
-    from app.registry.versions import list_versions
 
     table = Table("family", "version", "variant", "status", "runs on", "weights", "files",
                   "sha256")
     with session_scope() as session:
-        for v in list_versions(session):
-            row = views.version_summary(session, v)
+        for row in views.summaries(session):
             roles = ", ".join(f"{r['role']}:{r['rule'] or '*'}" for r in row["roles"])
-            table.add_row(v.family, v.version, v.variant, v.status, roles, v.weights_path or "",
-                          str(row["files"]), (v.sha256 or "")[:16])
+            table.add_row(row["family"], row["version"], row["variant"], row["status"], roles,
+                          row["weights_path"] or "", str(row["files"]),
+                          (row["sha256"] or "")[:16])
     Console().print(table)
 
 

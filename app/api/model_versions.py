@@ -14,7 +14,7 @@ from app.api.deps import ADMIN, get_session, require
 from app.api.openapi import problems
 from app.api.problems import Problem
 from app.registry import lifecycle, views
-from app.registry.versions import RegistryError, get_version, list_versions, register
+from app.registry.versions import RegistryError, get_version, register
 from app.security.keys import Principal
 
 router = APIRouter(prefix="/api/v1/admin/models", tags=["models"])
@@ -47,7 +47,7 @@ def _refused(exc: RegistryError) -> Problem:
 @router.get("")
 def models_list(p: Principal = Depends(require(*ADMIN)),
                 session: Session = Depends(get_session)) -> dict:
-    return {"versions": [views.version_summary(session, r) for r in list_versions(session)],
+    return {"versions": views.summaries(session),
             "families": views.families_view(session)}
 
 

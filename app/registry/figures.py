@@ -296,8 +296,10 @@ def _agreement(rows: list[ModelOutcome]) -> dict[str, Any]:
 def version_figures(session: Session, family: str, version: str) -> dict[str, Any]:
     """The figures of one version: its runs by role and outcome, load and run times, and, per
     role, what signed reports said of it."""
-    runs = session.scalars(select(ModelRun).where(ModelRun.family == family,
-                                                  ModelRun.version == version)).all()
+    # the columns the figures use, not each shadow's whole stored result
+    runs = session.execute(select(ModelRun.role, ModelRun.outcome, ModelRun.load_seconds,
+                                  ModelRun.run_seconds, ModelRun.comparison)
+                           .where(ModelRun.family == family, ModelRun.version == version)).all()
     outcomes = session.scalars(select(ModelOutcome).where(ModelOutcome.family == family,
                                                           ModelOutcome.version == version)
                                ).all()

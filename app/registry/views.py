@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db.models import ModelAssignment, ModelValidation, ModelVersion
 from app.registry import figures
 from app.registry.defaults import default_spec
-from app.registry.versions import list_versions, open_assignments
+from app.registry.versions import list_versions
 from app.security import audit
 
 
@@ -41,9 +41,26 @@ def validation_dict(v: ModelValidation) -> dict[str, Any]:
             "created_at": _t(v.created_at), "finished_at": _t(v.finished_at)}
 
 
-def version_summary(session: Session, row: ModelVersion) -> dict[str, Any]:
-    current = session.scalars(select(ModelAssignment).where(
-        ModelAssignment.version_fk == row.id, ModelAssignment.ended_at.is_(None))).all()
+def _open_by_version(session: Session) -> dict[int | None, list[ModelAssignment]]:
+    """Every open assignment in one query, by version id (None: the built-in default)."""
+    out: dict[int | None, list[ModelAssignment]] = {}
+    for a in session.scalars(select(ModelAssignment).where(ModelAssignment.ended_at.is_(None))
+                             .order_by(ModelAssignment.id)):
+        out.setdefault(a.version_fk, []).append(a)
+    return out
+
+
+def summaries(session: Session) -> list[dict[str, Any]]:
+    """Every version's summary, in two queries whatever the number of versions."""
+    current = _open_by_version(session)
+    return [version_summary(session, r, current.get(r.id, [])) for r in list_versions(session)]
+
+
+def version_summary(session: Session, row: ModelVersion,
+                    current: list[ModelAssignment] | None = None) -> dict[str, Any]:
+    if current is None:
+        current = list(session.scalars(select(ModelAssignment).where(
+            ModelAssignment.version_fk == row.id, ModelAssignment.ended_at.is_(None))))
     return {"family": row.family, "version": row.version, "variant": row.variant,
             "status": row.status, "status_reason": row.status_reason,
             "weights_path": row.weights_path, "sha256": row.sha256,
@@ -54,13 +71,10 @@ def version_summary(session: Session, row: ModelVersion) -> dict[str, Any]:
 
 
 def version_detail(session: Session, row: ModelVersion) -> dict[str, Any]:
-    names = {row.id: row.version}
     assignments = session.scalars(select(ModelAssignment).where(
         ModelAssignment.family == row.family).order_by(ModelAssignment.id)).all()
-    for a in assignments:
-        if a.version_fk and a.version_fk not in names:
-            other = session.get(ModelVersion, a.version_fk)
-            names[a.version_fk] = other.version if other else "?"
+    names = dict(session.execute(select(ModelVersion.id, ModelVersion.version).where(
+        ModelVersion.family == row.family)).tuples().all())
     mine = [a for a in assignments if a.version_fk == row.id
             or (a.replaces_fk and any(b.id == a.replaces_fk and b.version_fk == row.id
                                       for b in assignments))]
@@ -81,12 +95,15 @@ def families_view(session: Session) -> dict[str, Any]:
     (active and shadow), and the built-in default it falls back to."""
     rows = list_versions(session)
     names = {r.id: r.version for r in rows}
+    current = [a for group in _open_by_version(session).values() for a in group]
     out: dict[str, Any] = {}
-    for family in sorted({r.family for r in rows}):
+    for family in sorted({r.family for r in rows} | {a.family for a in current}):
         entry: dict[str, Any] = {"default": default_spec(family).version}
         for role in ("active", "shadow"):
+            # the rule's own first, then every rule's, as ``open_assignments`` orders them
+            mine = sorted((a for a in current if a.family == family and a.role == role),
+                          key=lambda a: (a.rule == "", a.id))
             entry[role] = [{"rule": a.rule or "*", "version": names.get(a.version_fk)
-                            if a.version_fk else "built-in default"}
-                           for a in open_assignments(session, family, role)]
+                            if a.version_fk else "built-in default"} for a in mine]
         out[family] = entry
     return out
