@@ -18,7 +18,9 @@ Conventions (documented in ``docs/ecg.md``):
   P wave, extended back, meets the PR level. A lead where the tangent gives no crossing falls back
   on the amplitude rule above.
 - Global boundaries take the earliest onset and the latest offset over the usable leads, as the
-  standards define global intervals (AHA2007-I).
+  standards define global intervals (AHA2007-I); for the P onset and the T end, whose tangents
+  run far out in a lead of small slope, the earliest or latest that a second lead confirms
+  (within ``CONFIRM_MS``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ J_SLOPE_FRACTION = 0.04
 PRE_S = 0.45
 POST_S = 0.75
 P_MIN_MV = 0.04  # smallest median-beat P deflection treated as a P wave in a lead
+CONFIRM_MS = 10.0  # a second lead's P onset or T end this close confirms the global one
+P_RISE_MAX_MS = 100.0  # P onset to P peak at most (P duration up to about 120 ms, AHA2009-V)
 SLOW_SLOPE_MV_S = 0.5  # P and T waves have settled when slower than this (or a fraction of
 SLOW_SLOPE_FRACTION = 0.05  # the wave's own steepest slope)
 T_PEAK_RR_FRACTION = 0.45
@@ -229,12 +233,28 @@ def delineate(beat: np.ndarray, fs: float, r: int, usable: list[bool] | None = N
                                           thr[i], 2 * run)
                 if end is not None:
                     ends.append(min(end, t_hi))
-            fid.t_end = int(max(ends)) if ends else None
+            fid.t_end = _confirmed(ends, True, int(CONFIRM_MS * ms))
 
     # 4. P wave: between the previous T wave and the QRS
     if with_p:
         _find_p(beat, signed, fs, fid, base, thr, slope_noise, use, rr_ms, run)
     return fid, base
+
+
+def _confirmed(points: list[int], latest: bool, within: int) -> int | None:
+    """The latest (or earliest) boundary that a second lead confirms, within ``within``
+    samples. A slow wave in one lead stretches its tangent far out (a T or P of small slope, a
+    baseline still sloping), and one lead must not move a global interval. Without any
+    agreeing pair, the median."""
+    if not points:
+        return None
+    ordered = sorted(points, reverse=latest)
+    if len(ordered) < 3:
+        return int(ordered[0])
+    for k, p in enumerate(ordered[:-1]):
+        if abs(ordered[k + 1] - p) <= within:
+            return int(p)
+    return int(np.median(ordered))
 
 
 def _settle_forward(x: np.ndarray, quiet_slope: np.ndarray, start: int, stop: int,
@@ -359,16 +379,22 @@ def _find_p(beat: np.ndarray, signed: np.ndarray, fs: float, fid: Fiducials, bas
     if hi - lo < int(40 * ms):
         return
     dev = beat[:, lo:hi] - base[:, None]
-    amp = np.abs(dev).max(axis=1)
+    # a P wave is a peak inside the window: the tail of the previous T wave, still falling at
+    # the window's start, is largest at its edge and is no P wave
+    mag = np.abs(dev)
+    inner = np.zeros_like(mag, dtype=bool)
+    inner[:, 1:-1] = (mag[:, 1:-1] >= mag[:, :-2]) & (mag[:, 1:-1] > mag[:, 2:])
+    mag = np.where(inner, mag, 0.0)
+    amp = mag.max(axis=1)
     best = max(use, key=lambda i: amp[i])
     if amp[best] < P_MIN_MV:
         return
-    fid.p_peak = int(lo + np.argmax(np.abs(dev[best])))
+    fid.p_peak = int(lo + np.argmax(mag[best]))
     ons, offs = [], []
     for i in use:
         if amp[i] < max(P_MIN_MV, 0.3 * amp[best]):
             continue
-        pk = int(lo + np.argmax(np.abs(dev[i])))
+        pk = int(lo + np.argmax(mag[i]))
         if abs(pk - fid.p_peak) > int(60 * ms):
             continue
         # start where the P wave rises fastest: its flat top must not count as settled
@@ -376,7 +402,9 @@ def _find_p(beat: np.ndarray, signed: np.ndarray, fs: float, fid: Fiducials, bas
         steep = a + int(np.argmax(slope[i, a: pk + 1]))
         # tangent method, as for the T end: the tangent at the steepest rise meets the PR level
         on = _tangent_start(beat[i], signed[i], steep, base[i], fs)
-        if on is None or on < max(lo - int(60 * ms), 0):
+        # a P wave peaks within P_RISE_MAX_MS of its onset (it lasts at most about 120 ms): a
+        # tangent running further back is the slow tail of the previous T wave
+        if on is None or on < max(lo - int(60 * ms), 0) or pk - on > int(P_RISE_MAX_MS * ms):
             p_slope = float(slope[i, lo:hi].max())
             s_thr = max(SLOW_SLOPE_MV_S, SLOW_SLOPE_FRACTION * p_slope, 3.0 * slope_noise[i])
             on = _settle_backward(beat[i], slope[i] <= s_thr, steep, max(lo - int(60 * ms), 0),
@@ -389,6 +417,6 @@ def _find_p(beat: np.ndarray, signed: np.ndarray, fs: float, fid: Fiducials, bas
         if off is not None:
             offs.append(off)
     if ons:
-        fid.p_on = int(min(ons))
+        fid.p_on = _confirmed(ons, False, int(CONFIRM_MS * ms))
     if offs:
         fid.p_off = int(min(max(offs), fid.qrs_on))
