@@ -157,6 +157,9 @@ def wfdb_header_for(path: Path) -> Path | None:
     return None
 
 
+WAVEFORM_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.9."
+
+
 def is_ecg_file(path: str | Path) -> bool:
     """Whether ``path`` looks like an ECG this module can read (cheap: headers only)."""
     p = Path(path)
@@ -164,6 +167,16 @@ def is_ecg_file(path: str | Path) -> bool:
         return True
     if not p.is_file():
         return False
+    # the file meta group names the SOP class: the waveform storage classes are
+    # 1.2.840.10008.5.1.4.1.1.9.* (PS3.4 B.5); reading it costs a few hundred bytes, where
+    # looking for the Waveform Sequence parses every annotation before it
+    try:
+        meta = pydicom.filereader.read_file_meta_info(p)
+        sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError):
+        sop_class = ""
+    if sop_class:
+        return sop_class.startswith(WAVEFORM_STORAGE_PREFIX)
     try:
         ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["WaveformSequence"])
     except (InvalidDicomError, OSError, ValueError):
