@@ -41,6 +41,7 @@ _NORMAL_LABEL = re.compile(r"^\s*(normal (ecg|study|examination|radiograph|chest
 # Generated sections land in the draft section of the same name; any other name is findings.
 _SECTION_OF = {"technique": "technique", "impression": "impression", "conclusion": "impression"}
 _OPPOSITE = {"present": "absent", "absent": "present"}
+CART_PREFIX = "cart_"  # measurements an engine read from the acquiring device (ECG carts)
 
 
 # ---------------------------------------------------------------------------- wording helpers
@@ -197,9 +198,27 @@ def _key_measurements(results: list[EngineResult]) -> list[Sentence]:
         if not chosen:
             continue
         order = sorted(chosen)
-        parts = [f"{phrasing.key_measurements[i][0]} {_quantity(chosen[i], phrasing)}"
-                 for i in order]
-        evidence = tuple(_measurement_evidence(chosen[i], _tag(result)) for i in order)
+        # the acquiring device's own value (``cart_<name>``, read from the file) beside ours
+        device = {m.name.lower().removeprefix(CART_PREFIX): m for m in result.measurements
+                  if m.name.lower().startswith(CART_PREFIX) and m.where.lead is None}
+        parts, used = [], []
+        for i in order:
+            text = f"{phrasing.key_measurements[i][0]} {_quantity(chosen[i], phrasing)}"
+            theirs = device.pop(chosen[i].name.lower(), None)
+            if theirs is not None:
+                text += f" (acquiring device {_quantity(theirs, phrasing)})"
+                used.append(theirs)
+            parts.append(text)
+        # a device value with no MedGate counterpart of that name (a QTc whose correction it
+        # does not name), when it is a key measurement
+        for name, theirs in device.items():
+            i = index.get(name)
+            if i is not None:
+                parts.append(f"{phrasing.key_measurements[i][0]} by the acquiring device "
+                             f"{_quantity(theirs, phrasing)}")
+                used.append(theirs)
+        evidence = tuple(_measurement_evidence(m, _tag(result))
+                         for m in [chosen[i] for i in order] + used)
         out.append(Sentence(_sentence_end("; ".join(parts)), evidence))
     return out
 

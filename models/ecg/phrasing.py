@@ -18,6 +18,7 @@ KEY_MEASUREMENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("QTc", ("qtc_interval", "qtc")),
     ("QTc (Bazett)", ("qtc_bazett",)),
     ("QTc (Fridericia)", ("qtc_fridericia",)),
+    ("QTc (Framingham)", ("qtc_framingham",)),
     ("P axis", ("p_axis",)),
     ("QRS axis", ("qrs_axis", "axis")),
     ("T axis", ("t_axis",)),

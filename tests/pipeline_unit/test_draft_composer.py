@@ -155,3 +155,17 @@ def test_draft_round_trips_through_json_and_text_keeps_section_order():
     text = draft.text()
     assert text.index("TECHNIQUE") < text.index("FINDINGS") < text.index("IMPRESSION")
     assert list(draft.to_dict()["sections"]) == ["technique", "findings", "impression"]
+
+
+def test_the_acquiring_devices_measurements_stand_beside_medgates():
+    """pydicom's 12-lead ECG carries its Mortara cart's measurements: the draft states each
+    next to MedGate's own, and cites both measurements."""
+    result = build(ModelSpec("ecg-measure", "1.1.0")).run(
+        StudyInput("ecg", [get_testdata_file("waveform_ecg.dcm")]))
+    draft = compose([result])
+    (sentence,) = [s for s in draft.sections["findings"] if "acquiring device" in s.text]
+    assert "PR interval" in sentence.text and "(acquiring device 161 ms)" in sentence.text
+    assert "(acquiring device 368 ms)" in sentence.text  # QT
+    assert "QTc by the acquiring device 370 ms" in sentence.text  # its correction is not named
+    cited = {e.ref for e in sentence.evidence}
+    assert {"m:pr_interval", "m:cart_pr_interval", "m:cart_qtc"} <= cited
