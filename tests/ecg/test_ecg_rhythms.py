@@ -11,7 +11,7 @@ import pytest
 from models.ecg import synthetic
 from models.ecg.interpret import interpret
 from models.ecg.measure import analyse
-from models.ecg.signal import EcgRecord, read_ecg
+from models.ecg.signal import EcgRecord, read_ecg, standardise
 from tests.conftest import shared_file
 
 QUIET = dict(noise_mv=0.01, wander_mv=0.05)
@@ -245,3 +245,23 @@ def test_mitbih_100_excerpts_are_sinus_never_af(mitbih_100):
         assert "ecg-atrial-fibrillation" not in codes, start / rec.fs
         rhythms["sinus" if "ecg-sinus-rhythm" in codes else "other"] += 1
     assert rhythms["other"] <= 0.05 * sum(rhythms.values()), rhythms
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("spec,expected,forbidden", [
+    (dict(heart_rate=72), "ecg-sinus-rhythm", {"ecg-atrial-fibrillation"}),
+    (dict(heart_rate=65, noise_mv=0.04, wander_mv=0.4), "ecg-sinus-rhythm",
+     {"ecg-atrial-fibrillation"}),
+    (dict(heart_rate=80, premature={4: "pac", 8: "pac"}), "ecg-premature-atrial-complex",
+     {"ecg-atrial-fibrillation", "ecg-premature-ventricular-complex"}),
+    (dict(heart_rate=80, premature={4: "pvc"}), "ecg-premature-ventricular-complex",
+     {"ecg-atrial-fibrillation", "ecg-premature-atrial-complex"}),
+    (dict(rhythm="af", heart_rate=90, qt_ms=360), "ecg-atrial-fibrillation",
+     {"ecg-sinus-rhythm"}),
+], ids=["sinus", "noisy-sinus", "pacs", "pvc", "af"])
+def test_two_lead_holter_excerpts(spec, expected, forbidden, seed):
+    """MLII and V5 at 360 Hz, as Holter recorders store them, read the way a file is read."""
+    h = synthetic.holter_excerpt(synthetic.generate(seed=seed, **spec), fs=360)
+    rec = standardise(EcgRecord(h.signals_mv, h.fs, list(h.leads), "holter"))
+    out = interpret(analyse(rec))
+    assert expected in out.codes() and not (_stated(out) & forbidden), sorted(_stated(out))
