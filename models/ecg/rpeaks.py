@@ -23,9 +23,10 @@ Steps, after Pan & Tompkins (IEEE TBME 1985) with the multi-lead fusion of later
    clustered (dominant and ectopic morphologies); a detection matching no template, or a
    clearly better and larger one, moves to a strong match within 150 ms (wrong candidate: a
    slow wave, or the beat's own P or T wave), is dropped when it has neither a template's
-   shape nor QRS frequency content nor a QRS's size (T waves, motion), and long RR gaps are
-   searched for strong template matches of any amplitude; small beats hidden at one phase of
-   every cycle between large ones (bigeminy) are found by their 10-25 Hz energy
+   shape nor QRS frequency content nor a QRS's size (T waves, motion) unless the rhythm needs
+   it (``_rhythm_needed``: a wide ectopic beat filling the gap of a missed beat), and long RR
+   gaps are searched for strong template matches of any amplitude; small beats hidden at one
+   phase of every cycle between large ones (bigeminy) are found by their 10-25 Hz energy
    (``_phase_search``); T waves 200-450 ms after a beat, broad and small in the 5-25 Hz band,
    are dropped (``_t_wave_prune``); and detections (alone or two together) that split one
    regular RR interval while matching the templates worse than both neighbours, lacking the
@@ -35,6 +36,7 @@ Steps, after Pan & Tompkins (IEEE TBME 1985) with the multi-lead fusion of later
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,6 +127,10 @@ STRONG_AMP = 0.5
 # 50 CPSC records: mostly > 0.15, and those below match a template) AND smaller than the
 # median QRS (a single large ectopic beat has no template).
 KEEP_CORR = 0.65
+# ... unless the rhythm needs it (``_rhythm_needed``: it fills a gap of GAP_FACTOR RR) and it
+# is at least this fraction of the median QRS deflection (T_AMP_RATIO: a beat, not a P wave or
+# the baseline).
+NEEDED_DEFL = 0.4
 QRS_RATIO = 0.15
 # The slow (1-5 Hz) energy is taken over +-120 ms: the span of a T wave's half-wave.
 LF_HALF_S = 0.12
@@ -514,7 +520,9 @@ def _template_pass(x: np.ndarray, f: np.ndarray, peaks: np.ndarray, fs: float) -
     cmax_o = cmax_p.copy()
     if moved.any():
         cmax_o[moved] = match.cmax(out[moved])
-    keep = (cmax_o >= KEEP_CORR) | (ratio(out) >= QRS_RATIO) | (deflection(out) >= med_defl)
+    defl_o = deflection(out)
+    keep = (cmax_o >= KEEP_CORR) | (ratio(out) >= QRS_RATIO) | (defl_o >= med_defl)
+    keep |= _rhythm_needed(out, keep, defl_o >= NEEDED_DEFL * med_defl)
     out = np.unique(out[keep])
     # 3. Gaps: an RR interval longer than GAP_RR times the local RR (the median of the
     # intervals around it), or an edge of the record longer than one local RR, holds a missed
@@ -547,6 +555,33 @@ def _template_pass(x: np.ndarray, f: np.ndarray, peaks: np.ndarray, fs: float) -
     return _rhythm_prune(out, match.cmax(out), deflection(out) / med_defl, ratio(out))
 
 
+def _rhythm_needed(out: np.ndarray, keep: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """Detections the shape test would drop that the rhythm needs: without them the kept
+    neighbours are more than GAP_FACTOR local RR apart (a missed beat; the local RR is the
+    median of LOCAL_SPAN kept intervals either side, or the record's median RR when shorter),
+    and they lie at least FILL_MARGIN local
+    RR from both (beyond the neighbours' T waves, as the
+    second pass's gap search) and are of QRS size (``large``: a wide ectopic beat without QRS
+    frequency content, a little under the median QRS; the baseline and P waves are smaller)."""
+    kept = out[keep]
+    if kept.size < 3:
+        return np.zeros(out.size, dtype=bool)
+    gaps = np.diff(kept).astype(float)
+    j = np.clip(np.searchsorted(kept, out), 1, kept.size - 1)
+    # The local RR: the median of LOCAL_SPAN kept intervals either side of the gap, the gap
+    # itself left out (NaN beyond the record's ends).
+    k = LOCAL_SPAN
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(gaps, k, constant_values=np.nan),
+                                                   2 * k + 1)[j - 1]
+    # The shorter of it and the record's median RR: in an irregular rhythm (bigeminy, atrial
+    # fibrillation) either may be raised by the long intervals around the gap.
+    rr = np.fmin(_nan_row_median(np.delete(win, k, axis=1)), np.median(gaps))
+    prev, nxt = kept[j - 1], kept[j]
+    inner = (out > kept[0]) & (out < kept[-1])
+    return (~keep & large & inner & (nxt - prev > GAP_FACTOR * rr)
+            & (np.minimum(out - prev, nxt - out) >= FILL_MARGIN * rr))
+
+
 def _t_wave_prune(out: np.ndarray, b: np.ndarray, deflection, fs: float) -> np.ndarray:
     """Drop T waves kept as beats: a detection within TW_LO_S..TW_HI_S of the previous one
     whose 5-25 Hz envelope (``b``'s analytic amplitude) is TW_WIDTH times wider at half its
@@ -554,7 +589,8 @@ def _t_wave_prune(out: np.ndarray, b: np.ndarray, deflection, fs: float) -> np.n
     ms QRS), whose envelope peak is under TW_AMP of both the previous detection's and the
     typical one, and whose 1-40 Hz deflection (``deflection``) is under TW_AMP of the previous
     detection's. Premature beats, even wide ones, keep a QRS's steep energy: their envelope
-    peak is near the typical one."""
+    peak is near the typical one; a wide one without it is kept when the rhythm needs it
+    (``_rhythm_needed``)."""
     if out.size < 3:
         return out
     n = b.size
@@ -583,6 +619,9 @@ def _t_wave_prune(out: np.ndarray, b: np.ndarray, deflection, fs: float) -> np.n
     t = np.zeros(out.size, dtype=bool)
     t[1:] = (near & wide[1:] & small[1:]
              & (top[1:] < TW_AMP * top[:-1]) & (defl[1:] < TW_AMP * defl[:-1]))
+    # A wide ectopic beat shares a T wave's broad, small envelope; the rhythm tells them apart
+    # (a T wave leaves no gap of a missed beat when it is dropped).
+    t &= ~_rhythm_needed(out, ~t, defl >= NEEDED_DEFL * np.median(defl))
     return out[~t]
 
 
@@ -785,12 +824,14 @@ def _rhythm_prune(out: np.ndarray, c: np.ndarray, defl: np.ndarray,
     record's median; ``ratio``: its relative 10-25 Hz / 1-5 Hz content. A run of m <= RUN_MAX
     detections between anchors a and z is dropped when (1) z - a is at most SPLIT_RR of the
     local RR (the median of the LOCAL_SPAN intervals either side, the run's own intervals left
-    out, and fewer at the record's ends), (2) every detection of the run is weaker than both
-    anchors: a template correlation MATCH_MARGIN under theirs, under NO_QRS_RATIO of QRS
-    content where both anchors have QRS_RATIO, or a deflection under T_AMP_RATIO of both
-    anchors' (a P or T wave of their shape: a premature beat is seldom smaller than 40 % of
-    both neighbours), and (3) none is a large complex with QRS frequency content (an interpolated
-    ectopic beat, which splits a sinus interval, is wide, large and steep).
+    out, and fewer at the record's ends; their upper quartile for a run without QRS frequency
+    content, under NO_QRS_RATIO, which in bigeminy lies in a long interval), (2) every detection
+    of the run is weaker than both anchors: a template correlation MATCH_MARGIN under theirs,
+    under NO_QRS_RATIO of QRS content where both anchors have QRS_RATIO, or a deflection under
+    T_AMP_RATIO of both anchors' (a P or T wave of their shape: a premature beat is seldom
+    smaller than 40 % of both neighbours), and (3) none is a large complex with QRS frequency
+    content and no match to the templates (an interpolated ectopic beat, which splits a sinus
+    interval, is wide, large and steep, of its own shape).
     """
     if out.size < 5:
         return out
@@ -800,7 +841,11 @@ def _rhythm_prune(out: np.ndarray, c: np.ndarray, defl: np.ndarray,
     # Beyond the record's ends there are no intervals (NaN, left out of the median): an edge
     # padding would repeat the first or last interval, which may be the run's own.
     pad = np.pad(rr, k, constant_values=np.nan)
-    qrs_like = (defl >= LARGE_DEFL) & (ratio >= QRS_RATIO)
+    # An interpolated ectopic beat has its own morphology: it matches no template (under
+    # MATCH_CORR) or its own cluster's (then it is not weaker than the anchors by shape). A
+    # large transient that half matches the anchors' template (between MATCH_CORR and their
+    # match less MATCH_MARGIN) is a distorted copy of their shape: motion, not a beat.
+    qrs_like = (defl >= LARGE_DEFL) & (ratio >= QRS_RATIO) & (c < MATCH_CORR)
     drop = np.zeros(d.size, dtype=bool)
     for m in range(1, RUN_MAX + 1):
         if d.size < m + 2:
@@ -810,8 +855,20 @@ def _rhythm_prune(out: np.ndarray, c: np.ndarray, defl: np.ndarray,
         a = np.arange(d.size - m - 1)
         z = a + m + 1
         win = np.lib.stride_tricks.sliding_window_view(pad, 2 * k + m + 1)[: a.size]
-        local = _nan_row_median(np.delete(win, np.arange(k, k + m + 1), axis=1))
-        split = (d[z] - d[a]) <= SPLIT_RR * local
+        others = np.delete(win, np.arange(k, k + m + 1), axis=1)
+        span = d[z] - d[a]
+        split = span <= SPLIT_RR * _nan_row_median(others)
+        # A run without any QRS frequency content (slow artefacts) is tested against the
+        # upper quartile of the local RR instead: in bigeminy half the intervals are short and
+        # the median would take the long interval the run lies in for a gap.
+        slow = np.ones(a.size, dtype=bool)
+        for t in range(1, m + 1):
+            slow &= ratio[a + t] < NO_QRS_RATIO
+        if slow.any():
+            with warnings.catch_warnings():  # a row without intervals (short records): NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                upper = np.nanpercentile(others[slow], RR_PERCENTILE, axis=1)
+            split[slow] |= span[slow] <= SPLIT_RR * upper
         c_ref = np.minimum(c[a], c[z])
         r_ref = np.minimum(ratio[a], ratio[z])
         d_ref = np.minimum(defl[a], defl[z])
