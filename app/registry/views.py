@@ -73,8 +73,8 @@ def version_summary(session: Session, row: ModelVersion,
 def version_detail(session: Session, row: ModelVersion) -> dict[str, Any]:
     assignments = session.scalars(select(ModelAssignment).where(
         ModelAssignment.family == row.family).order_by(ModelAssignment.id)).all()
-    names = dict(session.execute(select(ModelVersion.id, ModelVersion.version).where(
-        ModelVersion.family == row.family)).tuples().all())
+    names = {vid: version for vid, version in session.execute(
+        select(ModelVersion.id, ModelVersion.version).where(ModelVersion.family == row.family))}
     mine = [a for a in assignments if a.version_fk == row.id
             or (a.replaces_fk and any(b.id == a.replaces_fk and b.version_fk == row.id
                                       for b in assignments))]
