@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -236,36 +238,54 @@ def test_a_unit_that_differs_from_the_reference_fails():
     assert not outcome.passed and "qrs_duration is in 'ms', the reference in 's'" in outcome.error
 
 
-@pytest.fixture
-def site_family():
+class SiteEngine:
     """A site plugin family (registered like tests/plugins' engines): it holds ``hold_mb`` of
     memory while loading and fails in run() when configured to."""
+
+    family: ClassVar[str] = "test-site-hog"
+    tasks: ClassVar[tuple[str, ...]] = ("measure",)
+    domains: ClassVar[tuple[str, ...]] = ("ecg",)
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def load(self) -> None:
+        block = np.ones(int(self.spec.config.get("hold_mb", 0)) << 20, np.uint8)
+        self.checksum = int(block[::4096].sum())
+        # held for ten sampling periods: where the kernel's high-water mark cannot be reset
+        # (some sandboxes refuse /proc/self/clear_refs) only the sampler sees the peak
+        time.sleep(10 * SAMPLE_SECONDS)
+        del block
+
+    def run(self, study: StudyInput) -> EngineResult:
+        if self.spec.config.get("fail"):
+            raise RuntimeError("the site model crashed")
+        return EngineResult(model=ModelInfo(self.family, self.spec.version), trained=True)
+
+
+@pytest.fixture
+def site_family():
     from models import base
-
-    class SiteEngine:
-        family: ClassVar[str] = "test-site-hog"
-        tasks: ClassVar[tuple[str, ...]] = ("measure",)
-        domains: ClassVar[tuple[str, ...]] = ("ecg",)
-
-        def __init__(self, spec: ModelSpec) -> None:
-            self.spec = spec
-
-        def load(self) -> None:
-            block = np.ones(int(self.spec.config.get("hold_mb", 0)) << 20, np.uint8)
-            self.checksum = int(block[::4096].sum())
-            # held for ten sampling periods: where the kernel's high-water mark cannot be reset
-            # (some sandboxes refuse /proc/self/clear_refs) only the sampler sees the peak
-            time.sleep(10 * SAMPLE_SECONDS)
-            del block
-
-        def run(self, study: StudyInput) -> EngineResult:
-            if self.spec.config.get("fail"):
-                raise RuntimeError("the site model crashed")
-            return EngineResult(model=ModelInfo(self.family, self.spec.version), trained=True)
 
     register("test-site-hog")(SiteEngine)
     yield "test-site-hog"
     base._REGISTRY.pop("test-site-hog", None)
+
+
+# Peak memory is the process's: in a long test process other threads free memory while the
+# block is held, so the peak is measured in a fresh interpreter.
+_PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+from models.base import ModelSpec, register
+from models.runtime.validate import validate
+from models.validation import case_for
+from tests.runtime.test_validation_cases import SiteEngine, _study
+register("test-site-hog")(SiteEngine)
+case = case_for("test-site-hog", [Path(sys.argv[1])])
+out = validate(ModelSpec("test-site-hog", "1", config={"hold_mb": 96}), _study(case), {})
+print(out.passed, out.peak_memory_bytes)
+"""
 
 
 def _site_case(root: Path, name: str, families: list[str], **extra) -> Path:
@@ -281,10 +301,12 @@ def _site_case(root: Path, name: str, families: list[str], **extra) -> Path:
 def test_memory_is_sampled_and_a_crash_is_an_outcome(site_family, tmp_path):
     _site_case(tmp_path, "site-ecg", [site_family])
     case = case_for(site_family, [tmp_path])
-    spec = ModelSpec(site_family, "1", config={"hold_mb": 96})
-    outcome = validate(spec, _study(case), {})
-    assert outcome.passed, outcome.error
-    assert outcome.peak_memory_bytes >= 64 << 20  # 96 MiB held for a moment during load
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path)], check=True,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                          timeout=300)
+    passed, peak = done.stdout.split()[-2:]
+    assert passed == "True", done.stdout + done.stderr
+    assert int(peak) >= 64 << 20  # 96 MiB held for a moment during load
     crashed = validate(ModelSpec(site_family, "1", config={"fail": True}), _study(case), {})
     assert crashed.passed is False and crashed.run_seconds is None
     assert crashed.error == "RuntimeError: the site model crashed"
