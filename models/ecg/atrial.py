@@ -53,10 +53,6 @@ class AtrialActivity:
     noise_mv: float = 0.0
     residual: np.ndarray | None = field(default=None, repr=False)
 
-    @property
-    def cycle_ms(self) -> np.ndarray:
-        return np.diff(self.events).astype(float)
-
 
 def qrst_residual(diag: np.ndarray, peaks: np.ndarray, template: np.ndarray, r: int,
                   start: int, stop: int, qrs_end: int,

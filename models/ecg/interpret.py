@@ -156,11 +156,9 @@ class _Rules:
             return None
         mode = ("dual" if fv >= need and fa >= need else "ventricular" if fv >= need
                 else "atrial")
-        label = {"dual": "Atrial-sensed or dual-chamber paced rhythm (AV sequential pacing)",
+        label = {"dual": "AV sequential (dual-chamber) paced rhythm",
                  "ventricular": "Ventricular paced rhythm",
                  "atrial": "Atrial paced rhythm"}[mode]
-        if mode == "dual":
-            label = "AV sequential (dual-chamber) paced rhythm"
         n = int(self.a.spikes.size)
         self.add("ecg-paced-rhythm", label,
                  rate_ev + self.ids(("paced_ventricular_fraction", None),
