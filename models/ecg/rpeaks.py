@@ -31,7 +31,10 @@ Steps, after Pan & Tompkins (IEEE TBME 1985) with the multi-lead fusion of later
    are dropped (``_t_wave_prune``); and detections (alone or two together) that split one
    regular RR interval while matching the templates worse than both neighbours, lacking the
    QRS frequency content both have, or under 0.4 of both their sizes, are dropped
-   (``_rhythm_prune``: motion, T and P waves).
+   (``_rhythm_prune``: motion, T and P waves); last, a detection that is small, or follows an
+   electrode pop (its step looks like a QRS), moves to the strong template match the rhythm
+   expects at the middle of its neighbours, or is dropped when it splits one interval
+   (``_rhythm_place``).
 """
 
 from __future__ import annotations
@@ -193,6 +196,14 @@ TW_ENV_HALF_S = 0.25
 DESPIKE_BLOCK = 8192
 # Refinement takes the opposite polarity when that deflection is this many times larger.
 POLARITY_RATIO = 1.5
+# Rhythm placement (_rhythm_place). An electrode pop departs from the 10-ms running median by
+# more than 10 times the record's median QRS deflection (a QRS's steepest sample departs by
+# under 1.5 times its deflection; the pops of the CPSC records by about 50 times); its step
+# and recovery, band-passed, look like a QRS up to 60 ms after it. A detection whose two
+# intervals add up to two local RR within 15 % sits where one beat is expected at the middle.
+POP_FACTOR = 10.0
+POP_AFTER_S = 0.06
+PLACE_SPAN_TOL = 0.15
 
 
 @dataclass
@@ -278,7 +289,9 @@ def detect(signals_mv: np.ndarray, fs: float, leads: list[str] | None = None,
     k = _reference_lead(wide, qrs, fs)
     peaks = _refine(wide[k], energy, qrs, fs) if qrs.size else qrs
     peaks = _second_pass(wide, peaks, fs)
-    peaks = _template_pass(x[k], wide[k], peaks, fs)
+    # Electrode pops on the reference lead: what the running median removed, far above a QRS.
+    pops = np.abs(sig[idx[k]] - x[k])
+    peaks = _template_pass(x[k], wide[k], peaks, fs, pops)
     return RPeaks(peaks, fs, names[idx[k]], [names[i] for i in idx])
 
 
@@ -417,7 +430,8 @@ def _second_pass(f: np.ndarray, peaks: np.ndarray, fs: float) -> np.ndarray:
     return np.unique(np.asarray(found, dtype=int))
 
 
-def _template_pass(x: np.ndarray, f: np.ndarray, peaks: np.ndarray, fs: float) -> np.ndarray:
+def _template_pass(x: np.ndarray, f: np.ndarray, peaks: np.ndarray, fs: float,
+                   pops: np.ndarray | None = None) -> np.ndarray:
     """Re-examine the detections by their QRS shape (reference lead ``x``, despiked; ``f`` its
     1-40 Hz version).
 
@@ -552,7 +566,14 @@ def _template_pass(x: np.ndarray, f: np.ndarray, peaks: np.ndarray, fs: float) -
     out = _phase_search(out, b, hfe, ratio, fs)
     # T waves first: one left in place shortens the local RR of its neighbours' test.
     out = _t_wave_prune(out, b, deflection, fs)
-    return _rhythm_prune(out, match.cmax(out), deflection(out) / med_defl, ratio(out))
+    out = _rhythm_prune(out, match.cmax(out), deflection(out) / med_defl, ratio(out))
+    near_pop = np.zeros(out.size, dtype=bool)
+    if pops is not None:
+        at = np.flatnonzero(pops > POP_FACTOR * med_defl)
+        if at.size:
+            i = np.searchsorted(at, out, side="right") - 1
+            near_pop = (i >= 0) & (out - at[np.maximum(i, 0)] <= POP_AFTER_S * fs)
+    return _rhythm_place(out, match, near_pop, fs)
 
 
 def _rhythm_needed(out: np.ndarray, keep: np.ndarray, large: np.ndarray) -> np.ndarray:
@@ -884,6 +905,65 @@ def _rhythm_prune(out: np.ndarray, c: np.ndarray, defl: np.ndarray,
         for i in np.flatnonzero(ok):
             drop[i + 1: i + m + 1] = True
     return d[~drop]
+
+
+def _rhythm_place(out: np.ndarray, match: _Matcher, near_pop: np.ndarray,
+                  fs: float) -> np.ndarray:
+    """Detections the rhythm places elsewhere: the first pass took a small wave or an electrode
+    pop's step for the beat, which lies where the rhythm expects it.
+
+    A detection whose neighbours are two local RR apart (within PLACE_SPAN_TOL; the local RR is
+    the median of LOCAL_SPAN intervals either side, its own two left out) is replaced by the
+    best strong template match (>= MATCH_CORR, >= STRONG_AMP of its template's amplitude)
+    within PHASE_TOL local RR of the middle of its neighbours, when that match is
+    MATCH_MARGIN better (correlation times amplitude) than the detection's own and the
+    detection is small (under FILL_AMP_RATIO of its template's amplitude: a premature beat of
+    any shape is of QRS size) or follows an electrode pop by at most POP_AFTER_S (``near_pop``:
+    its shape is the pop's, whatever it matches). A detection after a pop whose neighbours are
+    at most SPLIT_RR times the upper quartile of the local RR apart is dropped: it splits one
+    interval.
+    """
+    if out.size < 5:
+        return out
+    rr = np.diff(out).astype(float)
+    k = LOCAL_SPAN
+    pad = np.pad(rr, k, constant_values=np.nan)
+    # Row j - 1 for interior detection j: the intervals rr[j-1-k .. j+k], its own two dropped.
+    win = np.lib.stride_tricks.sliding_window_view(pad, 2 * k + 2)[: out.size - 2]
+    others = np.delete(win, [k, k + 1], axis=1)
+    enough = np.sum(~np.isnan(others), axis=1) >= 3
+    loc = np.where(enough, _nan_row_median(np.where(enough[:, None], others, 0.0)), np.nan)
+    j = np.arange(1, out.size - 1)
+    span = (out[j + 1] - out[j - 1]).astype(float)
+    c0 = match.cmax(out[j])
+    a0 = match.at(out[j])[1]
+    pop = near_pop[j]
+    two = enough & (np.abs(span - 2 * loc) <= PLACE_SPAN_TOL * loc)
+    look = np.flatnonzero(two & ((a0 < FILL_AMP_RATIO) | pop))
+    res = out.copy()
+    # Extra detections in a stretch of artefacts shorten the median: the split is judged on
+    # the upper quartile of the local RR (as _rhythm_prune judges slow runs).
+    drop = np.zeros(j.size, dtype=bool)
+    if (pop & enough).any():
+        sel = pop & enough
+        upper = np.nanpercentile(others[sel], RR_PERCENTILE, axis=1)
+        drop[sel] = span[sel] <= SPLIT_RR * upper
+    slack = int(MATCH_SLACK_S * fs)
+    for t in look.tolist():
+        w = int(PHASE_TOL * loc[t])
+        mid = (out[t] + out[t + 2]) // 2
+        pos = np.arange(max(mid - w, 0), min(mid + w, match.n - 1) + 1)
+        cm, am = match.at(pos)
+        score = np.where((cm >= MATCH_CORR) & (am >= STRONG_AMP), cm * np.clip(am, 0.0, 1.0),
+                         -np.inf)
+        i = int(np.argmax(score))
+        own = c0[t] * np.clip(a0[t], 0.0, 1.0)
+        if np.isfinite(score[i]) and abs(int(pos[i]) - int(out[t + 1])) > slack and (
+                pop[t] or score[i] >= own + MATCH_MARGIN):
+            res[t + 1] = pos[i]
+    keep = np.ones(out.size, dtype=bool)
+    keep[j[drop]] = False
+    return np.unique(res[keep])
 
 
 def _local_rr(rr: np.ndarray) -> np.ndarray:

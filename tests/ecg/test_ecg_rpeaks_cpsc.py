@@ -62,28 +62,17 @@ def totals() -> tuple[int, int, int]:
     return tp, fn, fp
 
 
-@pytest.mark.xfail(strict=True, reason="target of the R-peak robustness issue, not reached yet: "
-                   "Se 98.9 %, PPV 98.6 % (beats inside motion artefacts and electrode "
-                   "spikes, slow artefacts matching the template, noise in low-amplitude "
-                   "records)")
 def test_cpsc2019_sensitivity_and_positive_predictivity(totals):
+    # The issue's target. Measured: Se 99.15 %, PPV 99.01 % (TP 701, FN 6, FP 7) with the
+    # rhythm placement of small detections and of electrode pops' steps; before it 98.9 % and
+    # 98.6 % (TP 699, FN 8, FP 10), with wide beats kept where the rhythm needs them; 98.4 %
+    # and 98.2 % with the T-wave test and the recentring of matched detections; 97.3 % and
+    # 96.0 % with the template stage alone; 88.0 % and 87.9 % before the detector was made
+    # robust. What is left: two stretches of motion artefact of 16 and 3 times the QRS
+    # (00126, 00949), a beat at the record's edge, a small alternating beat and one small
+    # beat among T waves of its size.
     tp, fn, fp = totals
     assert tp / (tp + fn) >= 0.99 and tp / (tp + fp) >= 0.99
-
-
-def test_cpsc2019_no_regression(totals):
-    # Figures measured with wide beats kept where the rhythm needs them, partial template
-    # matches no longer exempt from the rhythm test and slow runs tested against the upper
-    # quartile of the local RR (Se 98.9 %, PPV 98.6 %: TP 699, FN 8, FP 10); before them,
-    # with the T-wave test, the recentring of matched detections, the refinement keeping the
-    # larger of two close deflections and the rhythm test's size criterion, 98.4 % and
-    # 98.2 % (TP 696, FN 11, FP 13); before those 98.2 % and 97.3 %,
-    # TP 694, FN 13, FP 19, with the phase search and the rhythm test over runs of one or two
-    # detections; 97.3 % and 96.0 % with the template stage alone, 96.3 % and 94.9 % with the
-    # second pass alone, 95.3 % and 93.5 % without it, 88.0 % and 87.9 % before the detector
-    # was made robust), less a margin of about three beats: a guard, not the target.
-    tp, fn, fp = totals
-    assert tp / (tp + fn) >= 0.984 and tp / (tp + fp) >= 0.981
 
 
 def test_scoring_ignores_edges():
