@@ -7,9 +7,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU build of PyTorch; a looser pin pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
-APT_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb
+APT_TOOLS := dcmtk dicom3tools orthanc orthanc-dicomweb chromium
+# The OHIF viewer served under /viewer: the prebuilt @ohif/app package (MIT), pinned by version
+# and by the tarball's checksum; fetched by `make viewer`, never committed (docs/viewer.md).
+OHIF_VERSION := 3.13.2
+OHIF_SHA256 := b189d3963bfc58e9394a9db8c7be75d07beb029ec211dbb126d47b62969dd3f1
+VIEWER_DIR := viewer/ohif
 
-.PHONY: run test install dev system-tools lint bench clean
+.PHONY: run test install dev system-tools viewer lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,10 +31,11 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.dev-installed
 
-# DICOM peers and validators the tests talk to (dcmtk storescu/echoscu/findscu, dciodvfy).
+# DICOM peers and validators the tests talk to (dcmtk storescu/echoscu/findscu, dciodvfy),
+# and the browser the viewer's test drives (Debian's chromium; tests/viewer).
 system-tools:
 	@missing=""; \
-	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc; do \
+	for t in storescu:dcmtk dciodvfy:dicom3tools Orthanc:orthanc chromium:chromium; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -37,12 +43,28 @@ system-tools:
 	  else echo "missing system tools:$$missing (sudo apt-get install $(APT_TOOLS))"; fi; \
 	fi
 
+# npm only fetches the package (npm pack); nothing is built or installed with it.
+$(VIEWER_DIR)/.installed-$(OHIF_VERSION):
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; \
+	  else echo "npm is missing (sudo apt-get install npm)"; exit 1; fi; }
+	rm -rf $(VIEWER_DIR) && mkdir -p $(VIEWER_DIR)
+	cd $(VIEWER_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	echo "$(OHIF_SHA256)  $(VIEWER_DIR)/ohif-app-$(OHIF_VERSION).tgz" | sha256sum -c --quiet
+	tar -xzf $(VIEWER_DIR)/ohif-app-$(OHIF_VERSION).tgz -C $(VIEWER_DIR) --strip-components=1
+	rm $(VIEWER_DIR)/ohif-app-$(OHIF_VERSION).tgz
+	test -f $(VIEWER_DIR)/dist/index.html
+	touch $@
+
+viewer: $(VIEWER_DIR)/.installed-$(OHIF_VERSION)
+
 run: install
 	$(VENV)/bin/medgate kb build
 	$(VENV)/bin/medgate db upgrade
 	$(VENV)/bin/medgate serve
 
-test: dev system-tools
+test: dev system-tools viewer
 	$(PY) -m pytest -q
 
 lint: dev
@@ -52,4 +74,4 @@ bench: dev system-tools
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var viewer .pytest_cache .ruff_cache

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # Proxies whose X-Forwarded-Proto/-Host headers are believed (IP addresses).
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a browser session (the viewer's cookie, POST /api/v1/session) lasts.
+    session_hours: float = Field(8.0, gt=0, le=24 * 30)
+    # The unpacked @ohif/app package (`make viewer`); unset: viewer/ohif in the source tree.
+    viewer_dir: Path | None = None
     # Start the DIMSE SCP and the embedded worker from `medgate serve`.
     embedded_worker: bool = True
     start_scp: bool = True
@@ -130,6 +134,12 @@ class Settings(BaseSettings):
     def results_dir(self) -> Path:
         """Files engines write beside their results (mask images and volumes)."""
         return (self.data_dir / "results").resolve()
+
+    @property
+    def ohif_dir(self) -> Path:
+        """The OHIF package folder (package.json, dist/) that `make viewer` unpacks."""
+        return (self.viewer_dir or Path(__file__).resolve().parents[1] / "viewer" / "ohif"
+                ).resolve()
 
     @property
     def kb_dir(self) -> Path:

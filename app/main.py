@@ -27,8 +27,10 @@ from app.api import (
     model_versions,
     peers,
     reports,
+    session,
     studies,
     system,
+    viewer,
 )
 from app.api.openapi import install as install_openapi
 from app.api.problems import install as install_problems
@@ -36,7 +38,7 @@ from app.config import get_settings
 
 ROUTERS = [health.router, system.router, admin.router, studies.router, asks.router,
            reports.router, dicomweb.router, kb.router, ecg.router, peers.router,
-           destinations.router, model_versions.router]
+           destinations.router, model_versions.router, session.router, viewer.router]
 
 # Swagger UI 5 and ReDoc 2 as the pinned fastapi-offline package ships them (MIT; the bundles
 # are Apache-2.0 and MIT), served under this path.

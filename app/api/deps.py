@@ -13,7 +13,7 @@ from app.api.problems import Problem
 from app.config import get_settings
 from app.db.models import MAX_INT
 from app.db.session import session_factory
-from app.security import audit
+from app.security import audit, sessions
 from app.security.keys import Principal, allowed, authenticate
 
 # Row ids, version numbers and offsets as the database can hold them: anything larger is a 422
@@ -37,6 +37,8 @@ def get_session() -> Iterator[Session]:
 def _principal(request: Request, session: Session) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and sessions.COOKIE in request.cookies:
+        return _cookie_principal(request, session)
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
                       headers={"WWW-Authenticate": 'Bearer realm="medgate"'})
@@ -44,6 +46,25 @@ def _principal(request: Request, session: Session) -> Principal:
     if principal is None:
         raise Problem(401, "unauthorized", "the API key is unknown or revoked",
                       headers={"WWW-Authenticate": 'Bearer realm="medgate", error="invalid_token"'})
+    return principal
+
+
+def _cookie_principal(request: Request, session: Session) -> Principal:
+    """The browser session's principal: a cookie stands in for the key on reads only (a
+    cookie-borne write would be open to cross-site request forgery)."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="medgate"'}
+    if not sessions.cookie_applies(request.method, request.url.path):
+        raise Problem(401, "unauthorized",
+                      f"a session cookie only allows reading (GET, HEAD under /dicomweb and "
+                      f"/api/v1); {request.method} {request.url.path} needs the API key as "
+                      f"'Authorization: Bearer <key>'", headers=challenge)
+    found = sessions.authenticate(session, request.cookies[sessions.COOKIE])
+    if found is None:
+        raise Problem(401, "session-expired",
+                      "the session has expired or was ended (sign-out, revoked key); sign in "
+                      "again", headers=challenge)
+    principal, row = found
+    request.state.web_session = row
     return principal
 
 

@@ -2,13 +2,16 @@
 
 Thin: parse the request, authorise (STOW needs ``pacs``; search and retrieval ``pacs`` or
 ``clinician``; ``admin`` passes everywhere), call ``app.dicom.stow`` / ``app.dicom.wado``,
-write the audit event, serialise. See docs/dicomweb.md for the conformance notes.
+write the audit event, serialise. Frames, rendered and thumbnail resources (PS3.18 10.4.1.1.3,
+10.4.1.1.4) are ``app.dicom.wado`` over ``app.dicom.frames`` and ``app.dicom.render``. See
+docs/dicomweb.md for the conformance notes.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import anyio.from_thread
@@ -22,7 +25,7 @@ from app.api.openapi import problems
 from app.api.problems import Problem
 from app.config import get_settings
 from app.db.session import session_factory
-from app.dicom import stow, wado
+from app.dicom import frames, render, stow, wado
 from app.dicom.multipart import content_type, new_boundary, write_parts
 from app.dicom.query import QueryError
 from app.security import audit
@@ -292,3 +295,126 @@ def instance_bulkdata(study: str, series: str, sop: str, tag_path: str, request:
     boundary = new_boundary()
     return StreamingResponse(write_parts(bulk.parts, boundary),
                              media_type=content_type(boundary, bulk.media_type))
+
+
+# -- frames, rendered, thumbnail (PS3.18 10.4.1.1.3, 10.4.1.1.4) ------------------------------
+PIXEL_RESPONSES = problems(400, 406, 422)
+
+
+@contextmanager
+def _pixel_errors(session: Session, p: Principal, action: str, resource: tuple[str, str],
+                  **detail: object) -> Iterator[None]:
+    """Errors below to problems, each audited as a failure."""
+    statuses = ((frames.FrameListError, 400, "bad-frame-list"),
+                (render.RenderError, 400, "bad-rendering-parameter"),
+                (frames.FrameNotFound, 404, "not-found"),
+                (frames.NotAcceptableFrames, 406, "not-acceptable"),
+                (wado.NotAcceptable, 406, "not-acceptable"),
+                (frames.CannotDecode, 406, "not-acceptable"),
+                (frames.Unframeable, 422, "unframeable-pixel-data"))
+    try:
+        yield
+    except tuple(e for e, _, _ in statuses) as exc:
+        status, slug = next((st, sl) for e, st, sl in statuses if isinstance(exc, e))
+        _audit(session, p, action, *resource, "failure", reason=str(exc), **detail)
+        raise Problem(status, slug, str(exc)) from exc
+
+
+def _render_request(request: Request) -> wado.RenderRequest:
+    return wado.parse_render(dict(request.query_params), request.headers.get("accept"))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}",
+            responses=PIXEL_RESPONSES)
+def retrieve_frames(study: str, series: str, sop: str, frame_list: str, request: Request,
+                    p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    """WADO-RS frames (PS3.18 10.4.1.1.4): one part per frame, as stored or native."""
+    [ref] = _refs(session, p, "dicomweb.frames", study, series, sop)
+    with _pixel_errors(session, p, "dicomweb.frames", ("instance", sop), frames=frame_list):
+        parts = wado.frame_parts(ref, frame_list, request.headers.get("accept"),
+                                 _base_url(request))
+    _audit(session, p, "dicomweb.frames", "instance", sop, frames=frame_list)
+    boundary = new_boundary()
+    part_type = parts[0][0]["Content-Type"].split(";")[0]
+    return Response(b"".join(write_parts(parts, boundary)),
+                    media_type=content_type(boundary, part_type))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames", responses=problems(400))
+def retrieve_no_frames(study: str, series: str, sop: str,
+                       p: Principal = Depends(READ)) -> Response:
+    """``/frames`` or ``/frames/`` with no frame list is a bad request, not an unknown path."""
+    raise Problem(400, "bad-frame-list", "the frame list is empty; ask for /frames/1 or "
+                  "/frames/1,3,5 (PS3.18 10.4.1.1.4)")
+
+
+def _rendered(request: Request, p: Principal, session: Session, study: str, series: str,
+              sop: str | None, frame: str = "1", thumbnail: bool = False) -> Response:
+    action = "dicomweb.thumbnail" if thumbnail else "dicomweb.rendered"
+    refs = _refs(session, p, action, study, series, sop)
+    resource = _resource(study, series, sop)
+    with _pixel_errors(session, p, action, resource):
+        req = _render_request(request)
+        ref = wado.middle_instance(refs)
+        picture = wado.rendered(ref, req, frame, thumbnail)
+    _audit(session, p, action, *resource, instance=ref.sop_instance_uid, frame=frame)
+    return Response(picture, media_type=req.media)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered",
+            responses=PIXEL_RESPONSES)
+def instance_rendered(study: str, series: str, sop: str, request: Request,
+                      p: Principal = Depends(READ),
+                      session: Session = Depends(get_session)) -> Response:
+    """The instance's first frame as JPEG or PNG (PS3.18 10.4.1.1.3)."""
+    return _rendered(request, p, session, study, series, sop)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered",
+            responses=PIXEL_RESPONSES)
+def frame_rendered(study: str, series: str, sop: str, frame: str, request: Request,
+                   p: Principal = Depends(READ),
+                   session: Session = Depends(get_session)) -> Response:
+    return _rendered(request, p, session, study, series, sop, frame)
+
+
+@router.get("/studies/{study}/series/{series}/rendered", responses=PIXEL_RESPONSES)
+def series_rendered(study: str, series: str, request: Request, p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    """The series' middle instance (by InstanceNumber, then SOP Instance UID), rendered."""
+    return _rendered(request, p, session, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail",
+            responses=PIXEL_RESPONSES)
+def instance_thumbnail(study: str, series: str, sop: str, request: Request,
+                       p: Principal = Depends(READ),
+                       session: Session = Depends(get_session)) -> Response:
+    return _rendered(request, p, session, study, series, sop, thumbnail=True)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/thumbnail",
+            responses=PIXEL_RESPONSES)
+def frame_thumbnail(study: str, series: str, sop: str, frame: str, request: Request,
+                    p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    return _rendered(request, p, session, study, series, sop, frame, thumbnail=True)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", responses=PIXEL_RESPONSES)
+def series_thumbnail(study: str, series: str, request: Request, p: Principal = Depends(READ),
+                     session: Session = Depends(get_session)) -> Response:
+    return _rendered(request, p, session, study, series, None, thumbnail=True)
+
+
+@router.get("/studies/{study}/thumbnail", responses=PIXEL_RESPONSES)
+def study_thumbnail(study: str, request: Request, p: Principal = Depends(READ),
+                    session: Session = Depends(get_session)) -> Response:
+    """The middle instance of the study's first series that has pixel data, small."""
+    refs = _refs(session, p, "dicomweb.thumbnail", study, None, None)
+    with _pixel_errors(session, p, "dicomweb.thumbnail", ("study", study)):
+        req = _render_request(request)
+        ref, picture = wado.thumbnail(refs, req)
+    _audit(session, p, "dicomweb.thumbnail", "study", study, instance=ref.sop_instance_uid)
+    return Response(picture, media_type=req.media)

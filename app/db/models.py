@@ -467,6 +467,22 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class WebSession(Base):
+    """A browser's sign-in with an API key (the viewer's session cookie). Only a hash of the
+    cookie's token is stored; the session ends at ``expires_at``, at sign-out or when its key
+    is revoked."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_fk: Mapped[int] = mapped_column(ForeignKey("api_key.id", ondelete="CASCADE"),
+                                        index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class DicomPeer(Base):
     """A DICOM application entity MedGate knows: who may associate, from where, and what it may
     do. The same rows are the destinations results and retrieves are sent to (host and port)."""

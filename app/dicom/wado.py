@@ -4,12 +4,16 @@
   ``multipart/related; type="application/dicom"`` - the stored Part 10 files byte for byte,
   read in chunks as the response is sent (never loaded whole); ``/metadata`` as DICOM JSON
   (PS3.18 F.2), headers only, bulk data by ``BulkDataURI``; ``/bulkdata`` for those URIs.
+- Frames (PS3.18 10.4.1.1.4): chosen frames of one instance, one part each, as stored or
+  decoded to native little endian (``app.dicom.frames``); rendered and thumbnail resources
+  (PS3.18 10.4.1.1.3) as JPEG or PNG (``app.dicom.render``).
 - QIDO-RS Search (PS3.18 10.6): query parameters to an :class:`app.dicom.query.Query`, the
   attributes each level returns (PS3.18 10.6.3.3), ``includefield`` from the index or, for
   attributes the index does not hold, from one instance's header on disk.
 
-MedGate does not transcode: files go out in the transfer syntax they were received in. A
-request whose Accept header insists on another syntax gets 406 (PS3.18 8.7.3.5).
+Instances are not transcoded: files go out in the transfer syntax they were received in, and a
+request whose Accept header insists on another syntax gets 406 (PS3.18 8.7.3.5). Frames can
+also be decoded to native pixels.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db.models import Instance, Series, Study
-from app.dicom import dicomjson
+from app.dicom import dicomjson, frames, render
+from app.dicom.frames import FRAME_MEDIA_TYPES, Unframeable
 from app.dicom.multipart import file_chunks, parse_accept, parse_media_type, write_parts
 from app.dicom.query import DEFAULT_RETURN, Query, QueryError, keyword, search
 
@@ -39,30 +44,12 @@ DICOM_JSON = "application/dicom+json"
 MAX_RESULTS = 1000  # QIDO answers at most this many matches per request (PS3.18 8.3.4.4)
 RESERVED_PARAMS = {"includefield", "limit", "offset", "fuzzymatching"}
 
-# PS3.18 Table 8.7.3-2 / 8.7.3-5: media types of compressed frames, by transfer syntax.
-FRAME_MEDIA_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc", "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
-
-
 class NotAcceptable(Exception):
     """The Accept header asks for a representation MedGate cannot give (406)."""
 
 
 class NotFound(Exception):
     """No such study, series, instance or element (404)."""
-
-
-class Unframeable(Exception):
-    """A stored file whose pixel data cannot be cut into frames as its header says (for
-    instance one stored before the store checked pixel data against the transfer syntax);
-    the whole instance can still be retrieved (422, never 500)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +60,7 @@ class InstanceRef:
     sop_class_uid: str
     transfer_syntax_uid: str
     path: Path
+    instance_number: int | None = None
 
 
 # -- content negotiation ---------------------------------------------------------------------
@@ -125,7 +113,7 @@ def find_instances(session: Session, study: str, series: str | None = None,
                          Instance.id)
     root = get_settings().store_dir
     refs = [InstanceRef(study, series_uid, inst.sop_instance_uid, inst.sop_class_uid,
-                        inst.transfer_syntax_uid, root / inst.path)
+                        inst.transfer_syntax_uid, root / inst.path, inst.instance_number)
             for inst, series_uid in session.execute(stmt)]
     if not refs:
         if sop:
@@ -214,6 +202,97 @@ def bulkdata(ref: InstanceRef, tag_path: str) -> BulkData:
     data = dicomjson.little_endian_bytes(value, vr, little)
     return BulkData("application/octet-stream",
                     [({"Content-Type": "application/octet-stream"}, [data])])
+
+
+# -- frames, rendered, thumbnail -------------------------------------------------------------
+def frame_parts(ref: InstanceRef, frame_list: str, accept: str | None,
+                base_url: str) -> list[tuple[dict[str, str], list[bytes]]]:
+    """The frames of ``frame_list`` as multipart parts (PS3.18 10.4.1.1.4), each with its
+    Content-Location. All are produced before the response starts, so a frame that cannot be
+    cut or decoded is a problem answer, not a broken body. Raises the errors of
+    ``app.dicom.frames``."""
+    numbers = frames.parse_frame_list(frame_list)
+    target = frames.negotiate(accept, ref.transfer_syntax_uid)
+    src = frames.open_pixels(ref.path, ref.transfer_syntax_uid)
+    frames.check_frames(src, numbers)
+    url = instance_url(base_url, ref)
+    parts = []
+    for n in numbers:
+        ctype, data = frames.frame_part(src, n, target)
+        parts.append(({"Content-Type": ctype, "Content-Location": f"{url}/frames/{n}"}, [data]))
+    return parts
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    media: str = render.JPEG
+    window: render.Window | None = None
+    viewport: tuple[int, int] | None = None
+    quality: int | None = None
+
+
+def rendered_media_type(accept: str | None) -> str:
+    """JPEG unless Accept prefers PNG (PS3.18 8.7.4); NotAcceptable for anything else."""
+    for mr in parse_accept(accept):
+        if mr.type in ("*/*", "image/*", render.JPEG):
+            return render.JPEG
+        if mr.type == render.PNG:
+            return render.PNG
+    raise NotAcceptable(f"rendered images are {render.JPEG} or {render.PNG}; "
+                        f"asked for: {accept}")
+
+
+def parse_render(params: dict[str, str], accept: str | None) -> RenderRequest:
+    """Query parameters of rendered resources (PS3.18 8.3.5.1): ``accept`` (which overrides
+    the header, 8.3.3.1), ``window``, ``viewport``, ``quality``; others (annotation, charset,
+    iccprofile) are ignored. RenderError for a bad value, NotAcceptable for the media type."""
+    media = rendered_media_type(params.get("accept") or accept)
+    return RenderRequest(
+        media,
+        render.parse_window(params["window"]) if "window" in params else None,
+        render.parse_viewport(params["viewport"]) if "viewport" in params else None,
+        render.parse_quality(params["quality"]) if "quality" in params else None)
+
+
+def rendered(ref: InstanceRef, req: RenderRequest, frame: str = "1",
+             thumbnail: bool = False) -> bytes:
+    """One frame of an instance as a JPEG or PNG picture (PS3.18 10.4.1.1.3); a thumbnail
+    fits in 128x128 (or the viewport) and is never enlarged."""
+    numbers = frames.parse_frame_list(frame)
+    if len(numbers) != 1:
+        raise frames.FrameListError("a rendered frame is one frame number, not a list")
+    src = frames.open_pixels(ref.path, ref.transfer_syntax_uid)
+    frames.check_frames(src, numbers)
+    arr = frames.decoded_frame(src, numbers[0])
+    viewport = req.viewport or (render.THUMBNAIL_SIZE if thumbnail else None)
+    return render.render(arr, src.ds, numbers[0] - 1, window=req.window, viewport=viewport,
+                         media=req.media, quality=req.quality, upscale=not thumbnail)
+
+
+def middle_instance(refs: list[InstanceRef]) -> InstanceRef:
+    """The instance a series is shown by: the middle one by InstanceNumber, then SOP UID."""
+    ordered = sorted(refs, key=lambda r: (r.instance_number is None, r.instance_number or 0,
+                                          r.sop_instance_uid))
+    return ordered[len(ordered) // 2]
+
+
+def representatives(refs: list[InstanceRef]) -> list[InstanceRef]:
+    """The middle instance of each series, in series order: a study's thumbnail is the first
+    of these that has pixel data."""
+    by_series: dict[str, list[InstanceRef]] = {}
+    for r in refs:
+        by_series.setdefault(r.series_uid, []).append(r)
+    return [middle_instance(group) for group in by_series.values()]
+
+
+def thumbnail(refs: list[InstanceRef], req: RenderRequest) -> tuple[InstanceRef, bytes]:
+    """The thumbnail of a series or study: its first representative instance with pixels."""
+    for ref in representatives(refs):
+        try:
+            return ref, rendered(ref, req, thumbnail=True)
+        except frames.FrameNotFound:
+            continue  # an SR or another instance without pixels: try the next series
+    raise frames.FrameNotFound("no instance here has pixel data to show")
 
 
 # -- QIDO-RS ---------------------------------------------------------------------------------
@@ -353,6 +432,8 @@ def run_search(session: Session, req: SearchRequest,
     return out, more
 
 
-__all__ = ["BulkData", "InstanceRef", "NotAcceptable", "NotFound", "SearchRequest",
-           "bulkdata", "check_accept_dicom", "check_accept_json", "find_instances",
-           "metadata_json", "multipart_instances", "parse_search", "run_search"]
+__all__ = ["BulkData", "InstanceRef", "NotAcceptable", "NotFound", "RenderRequest",
+           "SearchRequest", "Unframeable", "bulkdata", "check_accept_dicom",
+           "check_accept_json", "find_instances", "frame_parts", "metadata_json",
+           "middle_instance", "multipart_instances", "parse_render", "parse_search",
+           "rendered", "rendered_media_type", "representatives", "run_search", "thumbnail"]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, Patient, Report, ReportVersion, Study, StudyEvent, utcnow
 from app.export import delivery
 from app.registry import figures
+from app.reports import viewer_links
 from app.reports.draft import SECTIONS
 from app.reports.lifecycle import FHIR_STATUS, SIGNED, allowed_actions, next_state
 from models.cxr import labeller as cxr_labeller
@@ -317,11 +318,24 @@ def proposed_dict(report: Report) -> dict[str, Any] | None:
             "created_at": v.created_at.isoformat() if v.created_at else None}
 
 
-def _evidence_views(content: dict[str, Any]) -> dict[str, Any]:
+def _finding_views(result: dict[str, Any], study_uid: str | None) -> list[dict[str, Any]]:
+    """A trained result's findings; one resting on a region says where the viewer opens it."""
+    regions = {g.get("id"): g for g in result.get("regions", [])}
+    out = []
+    for f in result.get("findings", []):
+        view = {**f, "model": result["model"]}
+        target = viewer_links.finding_target(study_uid, f, regions) if study_uid else None
+        if target is not None:
+            view["open"] = target
+        out.append(view)
+    return out
+
+
+def _evidence_views(content: dict[str, Any], study_uid: str | None = None) -> dict[str, Any]:
     results = content.get("results", [])
     trained = [r for r in results if r.get("trained")]
     return {
-        "findings": [{**f, "model": r["model"]} for r in trained for f in r.get("findings", [])],
+        "findings": [f for r in trained for f in _finding_views(r, study_uid)],
         "measurements": [{**m, "model": r["model"]} for r in trained
                          for m in r.get("measurements", [])],
         "regions": [{**g, "model": r["model"]} for r in trained for g in r.get("regions", [])],
@@ -340,6 +354,8 @@ def report_dict(session: Session, report: Report, number: int | None = None,
     study = session.get(Study, report.study_fk)
     out: dict[str, Any] = {
         "id": report.id, "study_uid": study.study_uid if study else None,
+        # the study in the viewer (/viewer, OHIF); findings with a region have their own link
+        "viewer_url": viewer_links.study_url(study.study_uid) if study else None,
         "domain": report.domain, "priority": report.priority,
         "addendum_of": report.addendum_of,
         "state": report.state, "fhir_status": FHIR_STATUS[report.state],
@@ -358,7 +374,7 @@ def report_dict(session: Session, report: Report, number: int | None = None,
         out["sections"] = v.sections
         out["sentences"] = v.content.get("draft", {}).get("sections", {})
         out["acceptance"] = v.content.get("acceptance")
-        out.update(_evidence_views(v.content))
+        out.update(_evidence_views(v.content, study.study_uid if study else None))
     if timeline is not None:
         out["timeline"] = timeline
     return out

@@ -18,10 +18,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey, utcnow
+from app.db.models import ApiKey, WebSession, utcnow
 from app.security import audit
 
 ROLES = ("pacs", "clinician", "admin")
@@ -104,8 +104,25 @@ def revoke_key(session: Session, key_id: int, actor: str = "cli") -> ApiKey:
         raise ApiKeyError(f"no API key with id {key_id}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-    audit.record(session, actor, "key.revoke", "api_key", str(key_id))
+    ended = _end_sessions(session, key_id, actor)
+    audit.record(session, actor, "key.revoke", "api_key", str(key_id),
+                 detail={"sessions_ended": ended} if ended else None)
     return row
+
+
+def _end_sessions(session: Session, key_id: int, actor: str) -> int:
+    """End the key's open browser sessions (app.security.sessions); a session also dies
+    with its key when it is next used, this records when and why."""
+    now = utcnow()
+    ids = list(session.scalars(select(WebSession.id).where(
+        WebSession.key_fk == key_id, WebSession.revoked_at.is_(None),
+        WebSession.expires_at > now)))
+    if ids:
+        session.execute(update(WebSession).where(WebSession.id.in_(ids)).values(revoked_at=now))
+        for sid in ids:
+            audit.record(session, actor, "session.ended", "web_session", str(sid),
+                         detail={"key_id": key_id, "reason": "key revoked"})
+    return len(ids)
 
 
 def authenticate(session: Session, presented: str) -> Principal | None:

@@ -167,3 +167,27 @@ def test_search_writes_an_audit_event(loaded, keys):
         assert (event.resource_type, event.resource_id, event.detail["results"]) == (
             "series", A, 2)
         assert event.actor.endswith("test-clinician")
+
+
+@SQLITE
+def test_includefield_on_series_and_instance_searches(loaded, keys):
+    """PS3.18 10.6.1.2.2 (8.3.4.3): keywords or tags, repeated or comma separated, and all."""
+    r = loaded.get(f"/dicomweb/studies/{A}/series",
+                   params=[("includefield", "SeriesDate,00080021"), ("includefield", "Rows"),
+                           ("includefield", "00081050"), ("Modality", "CT")],
+                   headers=keys["clinician"])
+    assert r.status_code == 200, r.text
+    [ct] = r.json()
+    assert ct["00080021"] == {"vr": "DA", "Value": ["20230105"]}  # SeriesDate, from a header
+    assert ct["00280010"]["Value"] == [1]
+    assert ct["00081050"] == {"vr": "PN"}  # asked for, absent
+    [everything] = _get(loaded, keys, "/series", SeriesInstanceUID=A_MR, includefield="all")
+    assert everything["00100010"]["Value"] == [{"Alphabetic": "Doe^John"}]  # indexed study key
+    assert everything["00201209"]["Value"] == [1]  # NumberOfSeriesRelatedInstances
+    instances = loaded.get(f"/dicomweb/studies/{A}/series/{A_CT}/instances",
+                           params=[("includefield", "00280011"), ("includefield", "StudyDate")],
+                           headers=keys["clinician"]).json()
+    assert [i["00280011"]["Value"] for i in instances] == [[64], [64]]
+    assert [i["00080020"]["Value"] for i in instances] == [["20230105"]] * 2
+    [inst] = _get(loaded, keys, "/instances", SOPInstanceUID=_uid(103), includefield="all")
+    assert inst["00080060"]["Value"] == ["MR"] and inst["00280010"]["Value"] == [1]
