@@ -48,6 +48,9 @@ def configure(settings: Settings | None = None) -> Celery:
             "store_processed": False,
             # kombu's default control folder is ./control, relative to whatever the cwd is
             "control_folder": str(s.broker_dir / "control"),
+            # kombu polls the folder once a second by default: up to a second of queue wait
+            # before every job; a listing of a small folder ten times a second costs nothing
+            "polling_interval": 0.1,
         }
         results = s.data_dir.resolve() / "results"
         results.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,11 @@ def finish(session: Session, job_id: int, token: str, timings: dict[str, Any]) -
     return r.rowcount == 1
 
 
+def set_timings(session: Session, job_id: int, timings: dict[str, Any]) -> None:
+    """The finished job's timings with the stages measured after ``finish`` (the write)."""
+    session.execute(update(Job).where(Job.id == job_id).values(timings=timings))
+
+
 def fail(session: Session, job_id: int, token: str, reason: str) -> None:
     r = session.execute(update(Job).where(Job.id == job_id, Job.claim == token,
                                           Job.state == "started")

@@ -367,6 +367,33 @@ def _shadow_run(cache: EngineCache, shadow: Resolved, study: StudyInput, keep: f
     return run
 
 
+class _Stages:
+    """Where a job's seconds went (``timings["stages"]``): queue wait (queued to claimed),
+    plan (headers, routing, knowledge), load and run (the active engines; shadows apart),
+    derived (SEG and annotations), compose, write (the draft or answer, events and runs, up
+    to the commit)."""
+
+    def __init__(self, queue_wait: float | None) -> None:
+        self.stages: dict[str, float] = {}
+        if queue_wait is not None:
+            self.stages["queue_wait"] = round(queue_wait, 4)
+        self.mark = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self.mark, 4)
+        self.mark = now
+
+    def engines(self, runs: list[Run]) -> None:
+        now = time.perf_counter()
+        active = [r for r in runs if r.role == "active"]
+        load = sum(r.load_seconds or 0.0 for r in active)
+        run = sum(r.run_seconds or 0.0 for r in active)
+        self.stages.update(load=round(load, 4), run=round(run, 4),
+                           shadow=round(max(0.0, now - self.mark - load - run), 4))
+        self.mark = now
+
+
 class _Heart(threading.Thread):
     def __init__(self, job_id: int, token: str) -> None:
         super().__init__(daemon=True)
@@ -393,9 +420,10 @@ def execute(job_id: int) -> str:
             return "skipped"
         job = session.get(Job, job_id)
         domain, kind = job.domain, job.kind
+        queue_wait = None
         if job.queued_at and job.started_at:
-            metrics.QUEUE_WAIT.labels(domain=job.domain).observe(
-                max(0.0, (job.started_at - job.queued_at).total_seconds()))
+            queue_wait = max(0.0, (job.started_at - job.queued_at).total_seconds())
+            metrics.QUEUE_WAIT.labels(domain=job.domain).observe(queue_wait)
     heart = _Heart(job_id, token)
     heart.start()
     started = time.perf_counter()
@@ -405,17 +433,22 @@ def execute(job_id: int) -> str:
             return _deliver(factory, job_id, token, started)
         if kind == "validate":
             return _validate(factory, job_id, token, started)
+        clock = _Stages(queue_wait)
         with factory() as session:
             plan = _plan(session, job_id)
             session.rollback()  # no transaction stays open while the models run
+        clock.lap("plan")
         results, timings, skipped = run_engines(plan)
+        clock.engines(plan.runs)
         # masks become DICOM SEG instances of the study, point sets bulk annotations: every
         # mask of an ask (which says whether its model is trained), and trained results' own
         kept = [r for r in results if plan.ask_id is not None or r.trained]
         segs = derived.store_masks(factory, plan.study, kept)
         derived.store_annotations(factory, plan.study, kept)
+        clock.lap("derived")
         draft = None if plan.ask_id is not None else compose(
             results, knowledge_lookup(), warnings=skipped, labeller=labeller_for(plan.domain))
+        clock.lap("compose")
         elapsed = time.perf_counter() - started
         timings["total"] = round(elapsed, 4)
         with factory() as session:
@@ -427,6 +460,8 @@ def execute(job_id: int) -> str:
             else:
                 _write_draft(session, plan, job_id, draft, results, timings, elapsed, skipped)
             figures.record_runs(session, job_id, plan.runs)
+            clock.lap("write")
+            jobs.set_timings(session, job_id, {**timings, "stages": clock.stages})
             session.commit()
         figures.count_runs(plan.runs)
         metrics.JOB_RUN.labels(domain=plan.domain).observe(elapsed)
@@ -555,7 +590,7 @@ def _write_draft(session: Session, plan: _Plan, job_id: int, draft: Any,
     study = session.get(Study, plan.study_id)
     report = open_report(session, study, plan.domain)
     version = write_draft(session, report, draft.to_dict(), [r.to_dict() for r in results],
-                          author=",".join(sorted(timings.keys() - {"total"})), job_id=job_id)
+                          author=",".join(sorted(k for k in timings if "@" in k)), job_id=job_id)
     add_event(session, study.id, "finished", job=job_id, seconds=round(elapsed, 3),
               **({"skipped": skipped} if skipped else {}))
     add_event(session, study.id, "drafted", job=job_id, report=report.id,
