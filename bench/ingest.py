@@ -3,8 +3,9 @@
 A synthetic CT series (default 200 slices, 512x512, 16-bit, Explicit VR Little Endian, about
 513 KiB each) is written with pydicom, then stored into each server by two paths:
 
-* STOW-RS: one ``multipart/related; type="application/dicom"`` POST per ``--batch`` instances,
-  streamed from disk with httpx, the same batching for both servers;
+* STOW-RS: one ``multipart/related; type="application/dicom"`` POST per ``--batch`` instances
+  (default 10), streamed from disk with httpx by ``--clients`` concurrent clients (default 4),
+  the same batching and concurrency for both servers;
 * C-STORE: dcmtk ``storescu``, one association, all files.
 
 Each path gets its own study (fresh UIDs), so nothing is a duplicate. Both servers get a short
@@ -14,7 +15,13 @@ the Debian package with its DICOMweb plugin, a temporary configuration on loopba
 defaults otherwise (SQLite index, ``SyncStorageArea`` on: it fsyncs like MedGate). Both stop at
 the end and every temporary folder is removed.
 
-    .venv/bin/python bench/ingest.py [--slices 200] [--batch 50] [--repeat 3] [--keep]
+The disk's own fsync rate is measured too, in the same temporary folder (the data folders'
+filesystem): files of the instance's size written and fsynced one by one (file and folder each
+time), in batches (each file fsynced, one folder fsync per batch), and in batches by as many
+writers as there are clients. It is the physical ceiling of any durable store on this machine.
+
+    .venv/bin/python bench/ingest.py [--slices 200] [--batch 10] [--clients 4] [--repeat 3]
+                                     [--keep]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,24 +277,39 @@ def multipart(paths: list[Path], boundary: str) -> tuple[Iterator[bytes], int]:
     return body(), length
 
 
-def stow(server: Server, paths: list[Path], batch: int) -> float:
-    """Store ``paths`` by STOW-RS, ``batch`` instances per request; returns seconds."""
-    with httpx.Client(timeout=600) as client:
-        start = time.perf_counter()
-        for i in range(0, len(paths), batch):
-            part = paths[i:i + batch]
-            boundary = uuid.uuid4().hex
-            body, length = multipart(part, boundary)
-            headers = {**server.headers, "Accept": "application/dicom+json",
-                       "Content-Length": str(length),
-                       "Content-Type": f'multipart/related; type="application/dicom"; '
-                                       f"boundary={boundary}"}
-            rsp = client.post(f"{server.http}/studies", content=body, headers=headers)
-            stored = len(rsp.json().get("00081199", {}).get("Value", [])) if rsp.content else 0
-            if rsp.status_code != 200 or stored != len(part):
-                raise SystemExit(f"{server.name} STOW-RS answered {rsp.status_code} with "
-                                 f"{stored}/{len(part)} stored: {rsp.text[:500]}")
-        return time.perf_counter() - start
+def _post(client: httpx.Client, server: Server, part: list[Path]) -> None:
+    boundary = uuid.uuid4().hex
+    body, length = multipart(part, boundary)
+    headers = {**server.headers, "Accept": "application/dicom+json",
+               "Content-Length": str(length),
+               "Content-Type": f'multipart/related; type="application/dicom"; '
+                               f"boundary={boundary}"}
+    rsp = client.post(f"{server.http}/studies", content=body, headers=headers)
+    stored = len(rsp.json().get("00081199", {}).get("Value", [])) if rsp.content else 0
+    if rsp.status_code != 200 or stored != len(part):
+        raise SystemExit(f"{server.name} STOW-RS answered {rsp.status_code} with "
+                         f"{stored}/{len(part)} stored: {rsp.text[:500]}")
+
+
+def stow(server: Server, paths: list[Path], batch: int, clients: int = 1) -> float:
+    """Store ``paths`` by STOW-RS, ``batch`` instances per request, ``clients`` requests in
+    flight at a time (each client its own connection); returns seconds."""
+    batches = [paths[i:i + batch] for i in range(0, len(paths), batch)]
+    workers = max(1, min(clients, len(batches)))
+    pool = [httpx.Client(timeout=600) for _ in range(workers)]
+    try:
+        def run(w: int) -> None:
+            for part in batches[w::workers]:
+                _post(pool[w], server, part)
+
+        with ThreadPoolExecutor(workers) as ex:
+            start = time.perf_counter()
+            for f in [ex.submit(run, w) for w in range(workers)]:
+                f.result()
+            return time.perf_counter() - start
+    finally:
+        for client in pool:
+            client.close()
 
 
 def cstore(server: Server, folder: Path) -> float:
@@ -310,6 +333,54 @@ def count(server: Server, study: str) -> int:
     return int(found[0]["00201208"]["Value"][0]) if found else 0
 
 
+# ---------------------------------------------------------------- the disk
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(folder: Path, names: list[str], data: bytes, batch: int) -> None:
+    """Write ``names``; each file is fsynced, and its folder once per ``batch`` files."""
+    for i in range(0, len(names), batch):
+        fds = []
+        for name in names[i:i + batch]:
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, data)
+            fds.append(fd)
+        for fd in fds:
+            os.fsync(fd)
+            os.close(fd)
+        _fsync_dir(folder)
+
+
+def disk_rates(folder: Path, files: int, size: int, batch: int,
+               writers: int) -> list[tuple[str, float]]:
+    """Files per second written durably into ``folder``'s filesystem: (label, files/s)."""
+    data = os.urandom(size)
+    out = []
+    for label, per, n in (("fsync each file and its folder, 1 writer", 1, 1),
+                          (f"fsync each file, folder once per {batch}, 1 writer", batch, 1),
+                          (f"fsync each file, folder once per {batch}, {writers} writers",
+                           batch, writers)):
+        names = [f"f{i:05d}.bin" for i in range(files)]
+        subs = [folder / f"w{w}" for w in range(n)]
+        for sub in subs:
+            sub.mkdir(parents=True)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(n) as ex:
+            for f in [ex.submit(_write_durably, subs[w], names[w::n], data, per)
+                      for w in range(n)]:
+                f.result()
+        out.append((label, files / (time.perf_counter() - start)))
+        for sub in subs:
+            shutil.rmtree(sub)
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 def machine() -> str:
@@ -325,14 +396,14 @@ def machine() -> str:
             f"{pydicom.__version__}, {orthanc.stdout.splitlines()[0] if orthanc.stdout else ''}")
 
 
-def warm_up(servers: list[Server], root: Path, size: int, batch: int) -> None:
-    """Two instances by each path into each server (imports, caches, first connections)."""
-    files = write_series(root / "data" / "warmup", 4, size, seed=1)
+def warm_up(servers: list[Server], root: Path, size: int, batch: int, clients: int) -> None:
+    """A few instances by each path into each server (imports, caches, first connections)."""
+    files = write_series(root / "data" / "warmup", 2 * clients + 2, size, seed=1)
     for server in servers:
-        stow(server, files[:2], batch)
+        stow(server, files[:2 * clients], 2, clients)
         folder = root / "data" / "warmup-cstore"
         folder.mkdir(exist_ok=True)
-        for p in files[2:]:
+        for p in files[2 * clients:]:
             shutil.copy(p, folder / p.name)
         cstore(server, folder)
         shutil.rmtree(folder)
@@ -347,7 +418,7 @@ def one_round(servers: list[Server], root: Path, args: argparse.Namespace,
               for i, name in enumerate(("stow", "cstore"))}
     out: dict[tuple[str, str], float] = {}
     for server in servers:
-        out[server.name, "STOW-RS"] = stow(server, series["stow"], args.batch)
+        out[server.name, "STOW-RS"] = stow(server, series["stow"], args.batch, args.clients)
         out[server.name, "C-STORE"] = cstore(server, root / "data" / "cstore")
         for path_name, files in (("STOW-RS", series["stow"]), ("C-STORE", series["cstore"])):
             study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
@@ -363,7 +434,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512, help="rows and columns")
-    ap.add_argument("--batch", type=int, default=50, help="instances per STOW-RS request")
+    ap.add_argument("--batch", type=int, default=10, help="instances per STOW-RS request")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent STOW-RS clients")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds (fresh series each); the median round is reported")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -376,14 +448,18 @@ def main() -> None:
         print(f"machine: {machine()}")
         servers.append(start_medgate(root / "medgate"))  # appended at once: stopped on error
         servers.append(start_orthanc(root / "orthanc"))
-        warm_up(servers, root, args.size, args.batch)
+        warm_up(servers, root, args.size, args.batch, args.clients)
         rounds = []
         for r in range(args.repeat):
             rounds.append(one_round(servers, root, args, seed=10 + 2 * r))
-        mib = args.slices * (args.size * args.size * 2 + 2048) / 2**20
+        instance = args.size * args.size * 2 + 2048
+        disk = [disk_rates(root / "disk", args.slices, instance, args.batch, args.clients)
+                for _ in range(args.repeat)]
+        mib = args.slices * instance / 2**20
         print(f"series: {args.slices} CT slices {args.size}x{args.size} 16-bit (~{mib:.0f} MiB) "
-              f"per path and round; STOW-RS {args.batch} instances per request; C-STORE one "
-              f"storescu association; {args.repeat} round(s), median shown")
+              f"per path and round; STOW-RS {args.batch} instances per request, {args.clients} "
+              f"concurrent clients; C-STORE one storescu association; {args.repeat} round(s), "
+              "median shown")
         (mg, orth) = (servers[0].name, servers[1].name)
         print(f"\n{'path':<9} {'server':<48} {'seconds':>8} {'inst/s':>8} {'min-max inst/s':>15}")
         for path_name in ("STOW-RS", "C-STORE"):
@@ -399,6 +475,15 @@ def main() -> None:
             print(f"ratio MedGate/Orthanc instances per second, {path_name}: {ratio:.2f} "
                   f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}; "
                   f"{'at least' if ratio >= 1 else 'below'} Orthanc)")
+        print(f"\ndisk (same filesystem as the data folders), {args.slices} files of "
+              f"{instance / 2**20:.2f} MiB, median of {args.repeat}:")
+        for k, (label, _) in enumerate(disk[0]):
+            rate = statistics.median(d[k][1] for d in disk)
+            print(f"  {label:<52} {rate:8.1f} files/s {rate * instance / 2**20:8.1f} MiB/s")
+        best = max(statistics.median(d[k][1] for d in disk) for k in range(len(disk[0])))
+        stow_mg = statistics.median(args.slices / r[mg, "STOW-RS"] for r in rounds)
+        print(f"MedGate STOW-RS at {stow_mg / best:.0%} of the disk's best durable file rate "
+              f"({stow_mg:.1f} of {best:.1f} files/s)")
     finally:
         for server in servers:
             server.stop()

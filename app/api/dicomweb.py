@@ -64,21 +64,41 @@ def _audit(session: Session, p: Principal, action: str, resource_type: str,
 
 
 # -- STOW-RS ---------------------------------------------------------------------------------
+# Chunks from the server are often 64 KiB or less; each trip from the worker thread to the event
+# loop and back costs more than parsing them, so one trip brings up to this much of the body.
+BODY_BLOCK = 256 * 1024
+
+
+async def _next_chunks(stream) -> list[bytes]:  # noqa: ANN001 - Starlette's body stream
+    """The next chunks of the body, about BODY_BLOCK bytes of them; [] once it has ended."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < BODY_BLOCK:
+        try:
+            chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            break
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+    return chunks
+
+
 def _body_chunks(request: Request) -> Iterator[bytes]:
     """The request body as a blocking iterator, for the worker thread that spools it."""
     stream = request.stream().__aiter__()
     try:
         while True:
             try:
-                chunk = anyio.from_thread.run(stream.__anext__)
-            except StopAsyncIteration:
-                return
+                chunks = anyio.from_thread.run(_next_chunks, stream)
             except ClientDisconnect as exc:
                 raise stow.BodyError(400, "upload-interrupted",
                                      "the client went away before the body was complete; "
                                      "nothing was stored") from exc
-            if chunk:
-                yield chunk
+            if not chunks:
+                return
+            while chunks:
+                yield chunks.pop(0)  # handed on, not kept here
     finally:
         anyio.from_thread.run(stream.aclose)
 

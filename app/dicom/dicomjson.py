@@ -27,6 +27,7 @@ import base64
 import math
 from array import array
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -192,9 +193,17 @@ def dataset_json(ds: Dataset, bulk_uri: BulkURI | None = None,
     return out
 
 
+@lru_cache(maxsize=4096)
 def vr_of(kw: str) -> str:
     tag = tag_for_keyword(kw)
     return _vr(dictionary_VR(tag) if tag is not None else None, BaseTag(tag or 0))
+
+
+@lru_cache(maxsize=4096)
+def _json_key(kw: str) -> str | None:
+    """The 8-hex-digit key of a keyword's tag (None for an unknown or a private ``_`` one)."""
+    tag = tag_for_keyword(kw) if not kw.startswith("_") else None
+    return None if tag is None else f"{tag:08X}"
 
 
 def attributes_json(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -202,15 +211,15 @@ def attributes_json(attrs: dict[str, Any]) -> dict[str, Any]:
     JSON; keywords starting with ``_`` are private to MedGate and left out."""
     out: dict[str, Any] = {}
     for kw, value in attrs.items():
-        tag = tag_for_keyword(kw) if not kw.startswith("_") else None
-        if tag is None:
+        key = _json_key(kw)
+        if key is None:
             continue
         vr = vr_of(kw)
         element: dict[str, Any] = {"vr": vr}
         values = _values(value, vr)
         if any(v is not None for v in values):
             element["Value"] = values
-        out[f"{tag:08X}"] = element
+        out[key] = element
     return dict(sorted(out.items()))
 
 

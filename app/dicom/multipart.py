@@ -185,11 +185,14 @@ class MultipartReader:
             idx = self._buf.find(delim)
             if idx >= 0:
                 if idx:
-                    yield bytes(self._buf[:idx])
+                    with memoryview(self._buf) as view:
+                        out = bytes(view[:idx])
+                    yield out
                 del self._buf[:idx + len(delim)]
                 return
             if len(self._buf) > keep:
-                out = bytes(self._buf[:-keep])
+                with memoryview(self._buf) as view:
+                    out = bytes(view[:-keep])  # one copy (a bytearray slice would be two)
                 del self._buf[:-keep]
                 yield out
             if not self._fill():

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from sqlalchemy import Select, and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from app.db.models import MAX_INT, Instance, Patient, Series, Study
 
@@ -189,8 +189,11 @@ def search(session: Session, q: Query) -> list[dict[str, Any]]:
     keys = LEVEL_KEYS[q.level]
     for kw, value in q.filters.items():
         if kw == "ModalitiesInStudy":
-            sub = select(Series.id).where(Series.study_fk == Study.id,
-                                          Series.modality.in_(_values(value)))
+            # an alias: at SERIES and INSTANCE level the outer query has Series in its FROM,
+            # which the subquery would otherwise correlate away
+            other = aliased(Series)
+            sub = select(other.id).where(other.study_fk == Study.id,
+                                         other.modality.in_(_values(value)))
             stmt = stmt.where(sub.exists())
         else:
             column, kind = keys[kw]
@@ -203,7 +206,38 @@ def search(session: Session, q: Query) -> list[dict[str, Any]]:
     if q.limit is not None:
         stmt = stmt.limit(q.limit)
     rows = session.execute(stmt).all()
-    return [_attributes(session, q.level, row) for row in rows]
+    if not rows:
+        return []
+    # One more statement for the computed attributes of every matched study and series
+    # (counts, ModalitiesInStudy), whatever the number of rows: never one per row.
+    stats = _aggregates(session, {row[-2].id for row in rows})  # (..., Study, Patient)
+    return [_attributes(q.level, row, stats) for row in rows]
+
+
+@dataclass
+class _Aggregates:
+    """The computed attributes of the matched studies, from one grouped query."""
+    study_series: dict[int, int] = field(default_factory=dict)
+    study_instances: dict[int, int] = field(default_factory=dict)
+    study_modalities: dict[int, set[str]] = field(default_factory=dict)
+    series_instances: dict[int, int] = field(default_factory=dict)
+
+
+def _aggregates(session: Session, study_ids: set[int]) -> _Aggregates:
+    """Per series of the given studies its instance count, grouped in the database; the study
+    counts and modalities are sums and sets of those rows."""
+    out = _Aggregates()
+    stmt = (select(Series.id, Series.study_fk, Series.modality, func.count(Instance.id))
+            .select_from(Series).outerjoin(Instance, Instance.series_fk == Series.id)
+            .where(Series.study_fk.in_(sorted(study_ids)))
+            .group_by(Series.id, Series.study_fk, Series.modality))
+    for series_id, study_id, modality, count in session.execute(stmt):
+        out.series_instances[series_id] = count
+        out.study_series[study_id] = out.study_series.get(study_id, 0) + 1
+        out.study_instances[study_id] = out.study_instances.get(study_id, 0) + count
+        if modality != "":
+            out.study_modalities.setdefault(study_id, set()).add(modality)
+    return out
 
 
 def _patient_attrs(p: Patient) -> dict[str, Any]:
@@ -212,37 +246,32 @@ def _patient_attrs(p: Patient) -> dict[str, Any]:
             "PatientSex": p.sex}
 
 
-def _study_attrs(session: Session, s: Study, p: Patient) -> dict[str, Any]:
-    series_count, instance_count = session.execute(
-        select(func.count(func.distinct(Series.id)), func.count(Instance.id))
-        .select_from(Series).outerjoin(Instance, Instance.series_fk == Series.id)
-        .where(Series.study_fk == s.id)).one()
-    modalities = sorted(set(session.scalars(
-        select(Series.modality).where(Series.study_fk == s.id, Series.modality != ""))))
+def _study_attrs(s: Study, p: Patient, stats: _Aggregates) -> dict[str, Any]:
     return {**_patient_attrs(p), "StudyInstanceUID": s.study_uid, "StudyDate": s.study_date,
             "StudyTime": s.study_time, "AccessionNumber": s.accession_number,
             "StudyID": s.study_id, "StudyDescription": s.study_description,
-            "ReferringPhysicianName": s.referring_physician, "ModalitiesInStudy": modalities,
-            "NumberOfStudyRelatedSeries": series_count,
-            "NumberOfStudyRelatedInstances": instance_count}
+            "ReferringPhysicianName": s.referring_physician,
+            "ModalitiesInStudy": sorted(stats.study_modalities.get(s.id, ())),
+            "NumberOfStudyRelatedSeries": stats.study_series.get(s.id, 0),
+            "NumberOfStudyRelatedInstances": stats.study_instances.get(s.id, 0)}
 
 
-def _series_attrs(session: Session, se: Series) -> dict[str, Any]:
-    count = session.scalar(select(func.count(Instance.id)).where(Instance.series_fk == se.id))
+def _series_attrs(se: Series, stats: _Aggregates) -> dict[str, Any]:
     return {"SeriesInstanceUID": se.series_uid, "Modality": se.modality,
             "SeriesNumber": se.series_number, "SeriesDescription": se.series_description,
-            "BodyPartExamined": se.body_part, "NumberOfSeriesRelatedInstances": count}
+            "BodyPartExamined": se.body_part,
+            "NumberOfSeriesRelatedInstances": stats.series_instances.get(se.id, 0)}
 
 
-def _attributes(session: Session, level: str, row: Any) -> dict[str, Any]:
+def _attributes(level: str, row: Any, stats: _Aggregates) -> dict[str, Any]:
     if level == "STUDY":
         study, patient = row
-        return _study_attrs(session, study, patient)
+        return _study_attrs(study, patient, stats)
     if level == "SERIES":
         series, study, patient = row
-        return {**_study_attrs(session, study, patient), **_series_attrs(session, series)}
+        return {**_study_attrs(study, patient, stats), **_series_attrs(series, stats)}
     inst, series, study, patient = row
-    return {**_study_attrs(session, study, patient), **_series_attrs(session, series),
+    return {**_study_attrs(study, patient, stats), **_series_attrs(series, stats),
             "SOPInstanceUID": inst.sop_instance_uid, "SOPClassUID": inst.sop_class_uid,
             "InstanceNumber": inst.instance_number,
             "AvailableTransferSyntaxUID": inst.transfer_syntax_uid, "_path": inst.path}

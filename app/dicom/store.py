@@ -10,8 +10,11 @@ Order of work for one instance (nothing half-done survives a failure):
 5. the file is renamed to ``store/<study>/<series>/<sop>.dcm`` and its folders fsynced;
 6. the transaction commits; if it fails, the renamed file is removed.
 
-``store_many`` does this for several files at once (one STOW-RS request): one transaction and
-one fsync per folder for all of them, each file still with its own outcome.
+``store_many`` does this for several files at once (one STOW-RS request): the files are fsynced
+concurrently (:func:`fsync_soon`, a small pool of threads: the filesystem's journal then commits
+them together), then one transaction and one fsync per folder for all of them, each file still
+with its own outcome. STOW-RS starts each part's fsync as soon as the part is spooled, while the
+next part is still arriving.
 
 The bytes stored are the bytes received. The same SOPInstanceUID again with identical bytes is a
 success that changes nothing. Only when the SHA-256 differs are the two data sets compared
@@ -27,15 +30,19 @@ transaction writes anything, so no database write lock is held while two files a
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import socket
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -65,6 +72,9 @@ CANNOT_UNDERSTAND = 0xC000
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(_STORAGE_CLASSES.values())
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CHUNK = 1 << 20
+# The first bytes of a spooled file are kept in memory: the header of almost every instance
+# fits, so validation parses it without reading the file again.
+HEAD_BYTES = 16 * 1024
 
 
 # The source of MedGate's own results stored into a study (a DICOM SEG of a mask): their
@@ -104,8 +114,20 @@ def tmp_dir() -> Path:
     return d
 
 
-def spool(chunks: Iterable[bytes], limit: int | None = None) -> tuple[Path, str, int]:
-    """Write ``chunks`` to a temporary file in the store; return (path, sha256, size).
+class Spooled(NamedTuple):
+    """A received instance in its temporary file, with its first bytes and its fsync, if the
+    receiver started one (:func:`fsync_soon`)."""
+
+    tmp: Path
+    sha256: str
+    size: int
+    head: bytes = b""
+    fsync: Future | None = None
+
+
+def spool_part(chunks: Iterable[bytes], limit: int | None = None) -> Spooled:
+    """Write ``chunks`` to a temporary file in the store, hashing them on the way (one pass);
+    keep the first HEAD_BYTES.
 
     Raises StoreError(0xA700) when the bytes exceed ``limit``; the partial file is removed."""
     # the writer's host and pid in the name: start-up clean-up removes only the files of
@@ -113,6 +135,7 @@ def spool(chunks: Iterable[bytes], limit: int | None = None) -> tuple[Path, str,
     fd, name = tempfile.mkstemp(dir=tmp_dir(), prefix=f"in-{WRITER}-", suffix=".part")
     h = hashlib.sha256()
     size = 0
+    head = b""
     try:
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
@@ -121,11 +144,29 @@ def spool(chunks: Iterable[bytes], limit: int | None = None) -> tuple[Path, str,
                     raise StoreError(OUT_OF_RESOURCES,
                                      f"instance exceeds the size limit of {limit} bytes")
                 h.update(chunk)
+                if len(head) < HEAD_BYTES:
+                    head += chunk[:HEAD_BYTES - len(head)]
                 fh.write(chunk)
     except BaseException:
         os.unlink(name)
         raise
-    return Path(name), h.hexdigest(), size
+    return Spooled(Path(name), h.hexdigest(), size, head)
+
+
+def spool(chunks: Iterable[bytes], limit: int | None = None) -> tuple[Path, str, int]:
+    """Write ``chunks`` to a temporary file in the store; return (path, sha256, size)."""
+    tmp, sha256, size, _, _ = spool_part(chunks, limit)
+    return tmp, sha256, size
+
+
+# fsync releases the GIL and waits on the disk: several at once let the filesystem commit them
+# in one journal transaction and keep the device's queue full.
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="medgate-fsync")
+
+
+def fsync_soon(path: Path) -> Future:
+    """Start fsyncing ``path`` in the background; the future raises the OSError, if any."""
+    return _FSYNC_POOL.submit(_fsync_file, path)
 
 
 def spool_file(fh: BinaryIO, limit: int | None = None) -> tuple[Path, str, int]:
@@ -150,53 +191,120 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return number if number is None or -MAX_INT - 1 <= number <= MAX_INT else None
 
 
-def _check_inflated_size(path: Path) -> None:
+def _check_inflated_size(fp: BinaryIO) -> bool:
     """For a deflated data set (PS3.5 A.5), inflate it in bounded steps and refuse it once it
     passes MEDGATE_MAX_INFLATED_BYTES: pydicom would inflate all of it into memory, on every
-    read, so a few hundred KB could become gigabytes."""
+    read, so a few hundred KB could become gigabytes. True for a deflated data set (or one whose
+    file meta could not be read here: pydicom's full read then reports it)."""
     limit = get_settings().max_inflated_bytes
     try:
-        with open(path, "rb") as fp:
-            read_preamble(fp, False)
-            meta = _read_file_meta_info(fp)
-            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-                return
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            total = 0
-            while chunk := fp.read(_CHUNK):
-                data = inflater.decompress(chunk, _CHUNK)
-                while True:
-                    total += len(data)
-                    if total > limit:
-                        raise StoreError(OUT_OF_RESOURCES,
-                                         f"the deflated data set inflates to more than "
-                                         f"{limit} bytes (MEDGATE_MAX_INFLATED_BYTES)")
-                    if not inflater.unconsumed_tail:
-                        break
-                    data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+        fp.seek(0)
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return False
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while chunk := fp.read(_CHUNK):
+            data = inflater.decompress(chunk, _CHUNK)
+            while True:
+                total += len(data)
+                if total > limit:
+                    raise StoreError(OUT_OF_RESOURCES,
+                                     f"the deflated data set inflates to more than "
+                                     f"{limit} bytes (MEDGATE_MAX_INFLATED_BYTES)")
+                if not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
     except StoreError:
         raise
     except Exception:  # noqa: BLE001 - a broken stream is for pydicom's read to report
-        return
+        return True
+    return True
 
 
-def read_header(path: Path) -> tuple[Dataset, PixelElement | None]:
+class _HeadFirst:
+    """A spooled file to read: offsets within ``head`` (its first bytes, kept when it was
+    written) come from memory; the file is opened only for a read that goes past them."""
+
+    def __init__(self, path: Path, head: bytes, size: int) -> None:
+        self.path, self.head, self.size = path, head, size
+        self.pos = 0
+        self._fh: BinaryIO | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else self.pos + n
+        if end <= len(self.head):
+            out = self.head[self.pos:end]
+        else:
+            if self._fh is None:
+                self._fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            self._fh.seek(self.pos)
+            out = self._fh.read(end - self.pos)
+        self.pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    def __enter__(self) -> _HeadFirst:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse(path: Path, head: bytes, size: int, deflated: bool) -> Dataset:
+    """The data set up to its pixel data: from ``head`` when the header lies within it, else
+    from the file. A deflated data set has no offsets to walk: it is parsed whole (inflated
+    within MEDGATE_MAX_INFLATED_BYTES already), its bulk values left deferred."""
+    if deflated:
+        return pydicom.dcmread(path, defer_size=1024, force=False)
+    if head:
+        mem = io.BytesIO(head)
+        if len(head) >= size:
+            return pydicom.dcmread(mem, stop_before_pixels=True, force=False)
+        try:
+            ds = pydicom.dcmread(mem, stop_before_pixels=True, force=False)
+            if mem.tell() < len(head):  # stopped at the pixel data, inside the head
+                return ds
+        except Exception:  # noqa: BLE001, S110 - cut off by the head: the file decides
+            pass
+    return pydicom.dcmread(path, stop_before_pixels=True, force=False)
+
+
+def read_header(path: Path, head: bytes = b"") -> tuple[Dataset, PixelElement | None]:
     """Parse the header of a Part 10 file (no pixel data read into memory) and check it is
-    whole; returns the data set and where its pixel data element is."""
-    _check_inflated_size(path)
+    whole; returns the data set and where its pixel data element is. ``head``: the file's
+    first bytes, when the caller has them (the file is then read only past them).
+
+    Only the elements before the pixel data are decoded (what validation and the index need);
+    the structure walk checks every element, the pixel data and what follows included."""
     size = path.stat().st_size
-    try:
-        # defer_size keeps bulk values on disk while every element's offset and length is known.
-        ds = pydicom.dcmread(path, defer_size=1024, force=False)
-    except (InvalidDicomError, EOFError, ValueError, OSError, TypeError, KeyError,
-            NotImplementedError) as exc:
-        raise StoreError(CANNOT_UNDERSTAND, f"not a readable DICOM Part 10 file: {exc}") from exc
-    if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
-        raise StoreError(CANNOT_UNDERSTAND, "the file meta information has no TransferSyntaxUID")
-    return ds, _check_complete(path, ds, size)
+    with _HeadFirst(path, head, size) as fp:
+        deflated = _check_inflated_size(fp)
+        try:
+            ds = _parse(path, head, size, deflated)
+        except (InvalidDicomError, EOFError, ValueError, OSError, TypeError, KeyError,
+                NotImplementedError) as exc:
+            raise StoreError(CANNOT_UNDERSTAND,
+                             f"not a readable DICOM Part 10 file: {exc}") from exc
+        if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
+            raise StoreError(CANNOT_UNDERSTAND,
+                             "the file meta information has no TransferSyntaxUID")
+        return ds, _check_complete(fp, ds, size)
 
 
-def _check_complete(path: Path, ds: Dataset, size: int) -> PixelElement | None:
+def _check_complete(fp: BinaryIO, ds: Dataset, size: int) -> PixelElement | None:
     """Refuse a file whose encoding is broken or cut off (:mod:`app.dicom.structure`), and
     return where its pixel data element is."""
     tsuid = ds.file_meta.TransferSyntaxUID
@@ -209,9 +317,8 @@ def _check_complete(path: Path, ds: Dataset, size: int) -> PixelElement | None:
                 return PixelElement(keyword, len(value) if value is not None else 0, False)
         return None
     try:
-        with open(path, "rb") as fp:
-            structure.file_meta_end(fp, size)
-            return structure.walk(fp, size, tsuid.is_implicit_VR, tsuid.is_little_endian)
+        structure.file_meta_end(fp, size)
+        return structure.walk(fp, size, tsuid.is_implicit_VR, tsuid.is_little_endian)
     except structure.Malformed as exc:
         raise StoreError(CANNOT_UNDERSTAND, f"malformed or truncated: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure means the file is unusable
@@ -339,6 +446,20 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _make_folders(folder: Path, store_dir: Path) -> set[Path]:
+    """Make ``folder`` (and missing parents, within the store), each made one's name fsynced
+    in its parent; returns the folders whose new entries the caller fsyncs: ``folder``."""
+    changed = {folder}
+    missing = []
+    while not folder.is_dir() and folder != store_dir:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        _fsync_dir(made.parent)  # at once: a later failure cannot leave its name unsynced
+    return changed
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -446,8 +567,9 @@ def final_path(study: str, series: str, sop_inst: str) -> Path:
     return get_settings().store_dir / study / series / f"{sop_inst}.dcm"
 
 
-def _validated(tmp: Path, sha256: str, size: int, expected_study: str | None) -> _Valid:
-    ds, pixels = read_header(tmp)
+def _validated(spooled: Spooled, expected_study: str | None) -> _Valid:
+    tmp, sha256, size = spooled.tmp, spooled.sha256, spooled.size
+    ds, pixels = read_header(tmp, spooled.head)
     sop_class, sop_inst, study_uid, series_uid = validate(ds, expected_study)
     try:
         _check_pixel_data(ds, pixels)
@@ -472,35 +594,52 @@ def store_spooled(session_factory, tmp: Path, sha256: str, size: int,
     return result
 
 
-def store_many(session_factory, spooled: list[tuple[Path, str, int]],
+# SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of
+# up to 100 ms before it tries again: this process's writers queue here instead.
+_SQLITE_WRITER = threading.Lock()
+
+
+def _writer_lock(session_factory):  # noqa: ANN001, ANN202
+    bind = getattr(session_factory, "kw", {}).get("bind")
+    dialect = getattr(getattr(bind, "dialect", None), "name", "")
+    return _SQLITE_WRITER if dialect == "sqlite" else nullcontext()
+
+
+def store_many(session_factory, spooled: list[Spooled] | list[tuple[Path, str, int]],
                expected_study: str | None = None, source: str = ""
                ) -> list[Stored | StoreError]:
     """Store several spooled files (one STOW-RS request, say) with one transaction, one fsync
-    per file and one per folder. Each item gets its own outcome; every tmp is consumed."""
-    outcomes: list[Stored | StoreError | None] = [None] * len(spooled)
+    per file (all at once) and one per folder. Each item gets its own outcome; every tmp is
+    consumed."""
+    items = [s if isinstance(s, Spooled) else Spooled(*s) for s in spooled]
+    outcomes: list[Stored | StoreError | None] = [None] * len(items)
     valid: list[tuple[int, _Valid]] = []
     try:
-        for i, (tmp, sha, size) in enumerate(spooled):
+        for i, item in enumerate(items):
             try:
-                valid.append((i, _validated(tmp, sha, size, expected_study)))
+                valid.append((i, _validated(item, expected_study)))
             except StoreError as exc:
                 outcomes[i] = exc
             except Exception as exc:  # noqa: BLE001 - a file no check foresaw: this part only
                 outcomes[i] = StoreError(CANNOT_UNDERSTAND,
                                          f"not a usable DICOM file: {type(exc).__name__}")
         # Content is made durable before the transaction: the database's write lock is not
-        # held across these fsyncs.
-        for i, v in list(valid):
+        # held across these fsyncs. They run together; each file's own fsync must succeed.
+        synced = [(i, v, items[i].fsync or fsync_soon(v.tmp)) for i, v in valid]
+        valid = []
+        for i, v, done in synced:
             try:
-                _fsync_file(v.tmp)
+                done.result()
             except OSError as exc:
                 outcomes[i] = _os_error(exc)
-                valid.remove((i, v))
+            else:
+                valid.append((i, v))
         same: dict[tuple[str, str], bool] = {}  # data set comparisons, kept across retries
         for attempt in range(3):
             try:
-                for i, result in _index_and_move(session_factory, valid, source, same):
-                    outcomes[i] = result
+                with _writer_lock(session_factory):
+                    for i, result in _index_and_move(session_factory, valid, source, same):
+                        outcomes[i] = result
                 break
             except IntegrityError as exc:
                 # A concurrent writer created the same patient/study/series/instance first:
@@ -514,8 +653,10 @@ def store_many(session_factory, spooled: list[tuple[Path, str, int]],
                     outcomes[i] = _os_error(exc)
                 break
     finally:
-        for tmp, _, _ in spooled:
-            tmp.unlink(missing_ok=True)
+        for item in items:
+            item.tmp.unlink(missing_ok=True)
+            if item.fsync is not None:
+                item.fsync.cancel()  # a refused part's fsync need not run
     return [o if o is not None else StoreError(PROCESSING_FAILURE, "not stored")
             for o in outcomes]
 
@@ -606,15 +747,14 @@ def _index_and_move(session_factory, valid: list[tuple[int, _Valid]], source: st
                                            derived=rows.derived)
         session.flush()  # the unique SOPInstanceUID rows now hold the lock
         try:
-            folders = set()
+            folders: set[Path] = set()
             for _, v, dest in pending:
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.parent not in folders:
+                    folders |= _make_folders(dest.parent, store_dir)
                 os.replace(v.tmp, dest)
                 moved.append(dest)
                 crash_point("store.renamed", len(moved))
-                folders.add(dest.parent)
-                folders.add(dest.parent.parent)
-            for folder in folders:
+            for folder in folders:  # the new names in them: files, and folders made here
                 _fsync_dir(folder)
             crash_point("store.before_commit", len(moved))
             session.commit()

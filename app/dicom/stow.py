@@ -4,11 +4,15 @@ Receiving and storing are two phases, so that a broken request changes nothing:
 
 1. **receive** - the ``multipart/related; type="application/dicom"`` body is parsed as it
    streams in (:class:`app.dicom.multipart.MultipartReader`); each part goes straight to its own
-   temporary file under ``store/tmp`` through :func:`app.dicom.store.spool`. Memory holds one
-   network chunk at a time, whatever the size of the upload.
+   temporary file under ``store/tmp`` through :func:`app.dicom.store.spool` (hashed while it is
+   written: one pass over the bytes), and its fsync starts at once in the background
+   (:func:`app.dicom.store.fsync_soon`) while the next part arrives. Memory holds one block of
+   the body (256 KiB) at a time and each part's first 16 KiB (its header, parsed from memory
+   in phase 2; at most 1 MiB of them per request), whatever the size of the upload.
 2. **store** - only once the close delimiter has arrived and the whole body stayed within
    ``max_upload_bytes`` is each spooled part validated, indexed and moved into the store by
-   :func:`app.dicom.store.store_many`, together, each with its own outcome.
+   :func:`app.dicom.store.store_many`, together, each with its own outcome: every file's fsync
+   awaited, one fsync per folder, one transaction; only then is the response sent.
 
 Any body-level failure - the Content-Type is not ours (415), the boundary never appears or the
 body ends before the close delimiter (400), the body grows past the size limit (413), the client
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -47,6 +52,9 @@ _BINARY_ENCODINGS = {"", "binary", "8bit", "7bit"}
 # PS3.10 7.1: a 128-byte preamble, then "DICM"; a part shorter than that or without the prefix
 # is refused before any temporary file is made for it.
 _PREFIX = 132
+# The first bytes of each part (store.HEAD_BYTES) are kept for its validation, up to this much
+# per request; the parts after that are validated from their files.
+HEADS_KEPT = 1024 * 1024
 
 
 class BodyError(Exception):
@@ -95,6 +103,8 @@ class Received:
     sha256: str = ""
     size: int = 0
     refused: StoreError | None = None
+    head: bytes = b""            # its first bytes (store.HEAD_BYTES), for validation
+    fsync: Future | None = None  # started as soon as it was spooled
 
 
 @dataclass
@@ -180,6 +190,7 @@ def receive(chunks: Iterable[bytes], boundary: str, limit: int,
     source = iter(chunks)
     counter = [0]
     received: list[Received] = []
+    kept = 0
     try:
         reader = MultipartReader(_limited(source, limit, counter), boundary,
                                  max_parts=max_parts)
@@ -203,8 +214,11 @@ def receive(chunks: Iterable[bytes], boundary: str, limit: int,
                        if len(head) < _PREFIX else "no DICM prefix after the 128-byte "
                        "preamble (PS3.10 7.1)"))))
                 continue
-            tmp, sha, size = store.spool(chain([head], content))
-            received.append(Received(part.index, tmp, sha, size))
+            tmp, sha, size, first, _ = store.spool_part(chain([head], content))
+            kept += len(first)
+            received.append(Received(part.index, tmp, sha, size,
+                                     head=first if kept <= HEADS_KEPT else b"",
+                                     fsync=store.fsync_soon(tmp)))
             crash_point("stow.spooled", len(received))
         if not received:
             raise BodyError(400, "malformed-multipart", "the multipart body has no parts")
@@ -234,14 +248,14 @@ def store_received(session_factory, received: list[Received],
     """Phase 2: store the spooled parts together (one transaction, see ``store.store_many``);
     every part gets an outcome, none is left on disk."""
     outcomes: dict[int, Outcome] = {}
-    batch: list[tuple[Path, str, int]] = []
+    batch: list[store.Spooled] = []
     indexes: list[int] = []
     try:
         for r in received:
             if r.refused is not None or r.tmp is None:
                 outcomes[r.index] = Outcome(r.index, error=r.refused)
                 continue
-            batch.append((r.tmp, r.sha256, r.size))
+            batch.append(store.Spooled(r.tmp, r.sha256, r.size, r.head, r.fsync))
             indexes.append(r.index)
             r.tmp = None
         try:
@@ -255,8 +269,8 @@ def store_received(session_factory, received: list[Received],
                                else Outcome(index, stored=result))
     finally:
         discard(received)
-        for tmp, _, _ in batch:
-            tmp.unlink(missing_ok=True)
+        for item in batch:
+            item.tmp.unlink(missing_ok=True)
     return [outcomes[r.index] for r in received]
 
 

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.tag import Tag
 from pydicom.uid import UID
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -367,16 +367,21 @@ def _return_keys(req: SearchRequest) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _representative_path(session: Session, level: str, row: dict[str, Any]) -> Path | None:
-    if row.get("_path"):
-        return get_settings().store_dir / row["_path"]
-    stmt = (select(Instance.path).join(Series, Instance.series_fk == Series.id)
-            .join(Study, Series.study_fk == Study.id)
-            .where(Study.study_uid == row["StudyInstanceUID"]))
-    if level == "SERIES":
-        stmt = stmt.where(Series.series_uid == row["SeriesInstanceUID"])
-    path = session.scalar(stmt.order_by(Instance.id).limit(1))
-    return get_settings().store_dir / path if path else None
+def _representative_paths(session: Session, level: str,
+                          rows: list[dict[str, Any]]) -> dict[str, Path]:
+    """The file whose header answers for each study (STUDY level) or series (SERIES level) of
+    ``rows``: its first stored instance. One statement for all rows, not one per row."""
+    if level == "STUDY":
+        key, column = "StudyInstanceUID", Study.study_uid
+    else:
+        key, column = "SeriesInstanceUID", Series.series_uid
+    firsts = (select(func.min(Instance.id)).join(Series, Instance.series_fk == Series.id)
+              .join(Study, Series.study_fk == Study.id)
+              .where(column.in_(sorted({row[key] for row in rows}))).group_by(column))
+    stmt = (select(column, Instance.path).join(Series, Instance.series_fk == Series.id)
+            .join(Study, Series.study_fk == Study.id).where(Instance.id.in_(firsts)))
+    root = get_settings().store_dir
+    return {uid: root / path for uid, path in session.execute(stmt)}
 
 
 def _header_fields(path: Path | None, wanted: list[str],
@@ -414,6 +419,12 @@ def run_search(session: Session, req: SearchRequest,
     rows = rows[:req.limit]
     keys = _return_keys(req)
     level = req.query.level
+    # Rows of one level carry the same keys, so either every row needs header fields or none.
+    paths: dict[str, Path] = {}
+    if rows and level != "INSTANCE" and any(k not in rows[0] and k != "RetrieveURL"
+                                            for k in keys):
+        paths = _representative_paths(session, level, rows)
+    root = get_settings().store_dir
     out = []
     for row in rows:
         attrs = {k: row[k] for k in keys if k in row}
@@ -423,8 +434,12 @@ def run_search(session: Session, req: SearchRequest,
         result = dicomjson.attributes_json(attrs)
         missing = [k for k in keys if k not in row and k != "RetrieveURL"]
         if missing or (req.include_all and level == "INSTANCE"):
-            extra = _header_fields(_representative_path(session, level, row), missing,
-                                   req.include_all and level == "INSTANCE")
+            if level == "INSTANCE":
+                path = root / row["_path"] if row.get("_path") else None
+            else:
+                path = paths.get(row["StudyInstanceUID" if level == "STUDY"
+                                     else "SeriesInstanceUID"])
+            extra = _header_fields(path, missing, req.include_all and level == "INSTANCE")
             for tag, element in extra.items():
                 result.setdefault(tag, element)
             result = dict(sorted(result.items()))
