@@ -59,6 +59,10 @@ $(VIEWER_DIR)/.installed-$(OHIF_VERSION):
 
 viewer: $(VIEWER_DIR)/.installed-$(OHIF_VERSION)
 
+# `kb build` takes the vectors of unchanged chunks from knowledge_base/.embeddings (checked by
+# sha256), so on a fresh clone it takes about a second and never loads the model; it embeds
+# only entries added or edited since. `serve` loads the index and the embedder in the
+# background (/readyz reports "knowledge").
 run: install
 	$(VENV)/bin/medgate kb build
 	$(VENV)/bin/medgate db upgrade

@@ -426,15 +426,21 @@ def kb_check(root: Annotated[str, typer.Option(help="corpus folder")] = "") -> N
 
 @kb_app.command("build")
 def kb_build(root: Annotated[str, typer.Option(help="corpus folder")] = "",
-             force: Annotated[bool, typer.Option(help="rebuild even if current")] = False
+             force: Annotated[bool, typer.Option(
+                 help="rebuild even if current, embedding every chunk again")] = False,
+             save_vectors: Annotated[bool, typer.Option(
+                 help="then write the index's chunk vectors into <corpus>/.embeddings, "
+                      "which builds on other machines reuse")] = False
              ) -> None:
-    """Embed the corpus into one index per domain (only when the corpus or embedder changed)."""
+    """Build one index per domain (only when the corpus or embedder changed), embedding only
+    the chunks that neither the previous index nor the corpus's shipped vectors hold."""
     from pathlib import Path
 
     from rich.progress import Progress
 
     from app.rag.corpus import CorpusError
     from app.rag.index import build
+    from app.rag.index import save_vectors as write_vectors
 
     with Progress(console=console) as progress:
         tasks: dict[str, object] = {}
@@ -450,9 +456,13 @@ def kb_build(root: Annotated[str, typer.Option(help="corpus folder")] = "",
             for p in exc.problems:
                 typer.echo(p)
             raise typer.Exit(1) from exc
-    state = "rebuilt" if result.rebuilt else "already current"
+    state = (f"rebuilt ({result.embedded} chunks embedded, {result.reused} reused)"
+             if result.rebuilt else "already current")
     console.print(f"{state}: {result.counts} with {result.embedder} in {result.out_dir} "
                   f"({result.seconds:.1f} s)")
+    if save_vectors:
+        folder = write_vectors(result.out_dir, Path(root) if root else None)
+        console.print(f"chunk vectors written to {folder}")
 
 
 @models_app.command("list")

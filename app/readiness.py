@@ -1,4 +1,5 @@
-"""Readiness checks for /readyz: the database, the broker and the storage folder."""
+"""Readiness checks for /readyz: the database, the broker, the storage folder, the embedded
+worker and the knowledge index. A check raises when not ready; it may return details."""
 
 from __future__ import annotations
 
@@ -56,16 +57,29 @@ def check_worker() -> None:
         raise RuntimeError(f"the embedded worker's last heartbeat was {seconds:.0f} s ago")
 
 
+def check_knowledge() -> dict[str, Any] | None:
+    """The knowledge index as this server's warm-up left it: building, loading the embedder,
+    ready, or failed (then not ready: searches and the engines' citations would fail too)."""
+    from app.rag.search import WARM
+
+    state = dict(WARM)
+    if state.get("state") == "failed":
+        raise RuntimeError(f"knowledge index: {state.get('error')}")
+    if state.get("state") == "idle":
+        return None  # no warm-up in this process (not `medgate serve`): built on first search
+    return {k: v for k, v in state.items() if k in ("state", "index", "entries", "seconds")}
+
+
 CHECKS = {"database": check_database, "broker": check_broker, "storage": check_storage,
-          "worker": check_worker}
+          "worker": check_worker, "knowledge": check_knowledge}
 
 
 def check_all() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, fn in CHECKS.items():
         try:
-            fn()
-            out[name] = {"ok": True}
+            details = fn()
+            out[name] = {"ok": True, **(details or {})}
         except Exception as exc:  # noqa: BLE001 - readiness reports any failure by name
             out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return out

@@ -48,9 +48,26 @@ def _reconcile(settings: Settings) -> Callable[[], None]:
     return timer.cancel
 
 
+def _knowledge(settings: Settings) -> Callable[[], None]:
+    """Knowledge index and embedder loaded in the background, so /readyz answers at once and
+    the first search does not pay for them (it waits for them if it comes first)."""
+    from app.rag.search import warm_up
+
+    def run() -> None:
+        try:
+            done = warm_up(settings.kb_dir)
+            log.info("knowledge index and embedder ready in %.1f s", done["seconds"])
+        except Exception:  # noqa: BLE001 - /readyz names the failure
+            log.exception("knowledge index warm-up failed")
+
+    threading.Thread(target=run, name="knowledge-warm-up", daemon=True).start()
+    return lambda: None
+
+
 # (name, start) pairs; start returns a stop callable.
 EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = [
     ("store reconciliation", _reconcile),
+    ("knowledge warm-up", _knowledge),
     ("DICOM SCP", _scp),
     ("grouping and sweeper loop", _loop),
 ]

@@ -8,15 +8,30 @@ dense vectors are random unit vectors and the BM25 documents are synthetic token
 100k passages with MiniLM on two cores would take too long). Peers: brute-force numpy dot
 product for the dense part and ``rank_bm25`` (when installed) for the lexical part.
 
-    .venv/bin/python bench/rag.py [--queries F] [--corpus DIR] [--synthetic N]
+HTTP (``--http``, or ``--http-only`` for nothing else): the real app, ``python -m app.cli serve``
+on a free port with a temporary data folder (SQLite, no SCP, no embedded worker, the index
+built above copied in), a clinician key made with ``medgate keys create``; then
+``GET /api/v1/kb/search?q=...`` for every query with httpx on one kept-alive connection, first
+as a warm-up (each query seen for the first time: its embedding is computed) and then timed
+``--http-rounds`` times (warm: the per-process query-embedding cache answers). The peer, taking
+turns with it query by query, is the same ``search()`` called in this process, so the HTTP
+overhead (auth, routing, thread hops, JSON) is the difference.
+
+    .venv/bin/python bench/rag.py [--queries F] [--corpus DIR] [--synthetic N] [--http]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from app.config import DOMAINS  # noqa: E402
 from app.rag import index as kbindex  # noqa: E402
 from app.rag.domain import KEYWORD_WEIGHT, domain_from_text, keyword_hits, text_scores  # noqa: E402
-from app.rag.embedder import get_embedder  # noqa: E402
+from app.rag.embedder import QUERIES, get_embedder  # noqa: E402
 from app.rag.lexical import tokenize  # noqa: E402
 from app.rag.search import search  # noqa: E402
 from app.rag.select import DEFAULT_FLOOR, DEFAULT_GAMMA, adaptive_select  # noqa: E402
@@ -162,13 +177,21 @@ def latency_real(kb_dir: Path, kb: kbindex.KnowledgeBase, queries: list[dict],
     qs = queries
     for q in qs[:10]:  # warm-up: first calls pay for lazy initialisation
         search(q["query"], kb_dir=kb_dir)
-    e2e, auto, enc, ret = timeit([
-        lambda i: search(qs[i]["query"], domain=qs[i]["domain"], kb_dir=kb_dir),
-        lambda i: search(qs[i]["query"], kb_dir=kb_dir),
+
+    def new(i: int, **kw: object) -> object:  # the query not seen before: embedding computed
+        QUERIES.clear()
+        return search(qs[i]["query"], kb_dir=kb_dir, **kw)
+
+    e2e, auto, seen, enc, ret = timeit([
+        lambda i: new(i, domain=qs[i]["domain"]),
+        lambda i: new(i),
+        lambda i: search(qs[i]["query"], kb_dir=kb_dir),  # just asked: the cached embedding
         lambda i: emb.embed([qs[i]["query"]]),
         lambda i: kb.domains[qs[i]["domain"]].search(qvecs[i], tokenize(qs[i]["query"])),
     ], len(qs))
-    for name, xs in (("search(), domain given", e2e), ("search(), domain from text", auto),
+    for name, xs in (("search(), new query, domain given", e2e),
+                     ("search(), new query, domain from text", auto),
+                     ("search(), query asked before (cached)", seen),
                      ("  of which: embed the query", enc),
                      ("  of which: hybrid search in domain", ret)):
         print(f"{name:38} p50 {pct(xs, 50):8.2f}  p95 {pct(xs, 95):8.2f}")
@@ -244,6 +267,117 @@ def latency_synthetic(n: int, seed: int, nq: int) -> None:
               f"{(pct(np_t, 50) + pct(peer_bm, 50)) / pct(ours, 50):.1f}x")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+
+def latency_http(kb_dir: Path, queries: list[dict], rounds: int) -> None:
+    """p50/p95 of GET /api/v1/kb/search against the running app, and in-process search()."""
+    import httpx
+
+    tmp = Path(tempfile.mkdtemp(prefix="medgate-bench-rag-"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDGATE_")}
+    env.update(MEDGATE_DATA_DIR=str(tmp / "var"), MEDGATE_HTTP_HOST="127.0.0.1",
+               MEDGATE_HTTP_PORT=str(port), MEDGATE_EMBEDDED_WORKER="false",
+               MEDGATE_START_SCP="false", MEDGATE_DICOM_PORT=str(_free_port()))
+    if os.environ.get("MEDGATE_EMBEDDER"):
+        env["MEDGATE_EMBEDDER"] = os.environ["MEDGATE_EMBEDDER"]
+    shutil.copytree(kb_dir, tmp / "var" / "kb")  # the index built above: no build in the app
+    cli = [sys.executable, "-m", "app.cli"]
+    log = tmp / "medgate.log"
+    proc = None
+    try:
+        subprocess.run([*cli, "db", "upgrade"], env=env, cwd=REPO, check=True,
+                       capture_output=True)
+        made = subprocess.run([*cli, "keys", "create", "--role", "clinician", "--name", "bench",
+                               "--person", "Dr Bench"], env=env, cwd=REPO, check=True,
+                              capture_output=True, text=True)
+        headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([*cli, "serve", "--no-migrate"], env=env, cwd=REPO,
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"MedGate did not become ready\n{_tail(log)}")
+                time.sleep(0.2)
+            t_ready = time.perf_counter() - t0
+            knowledge: dict = {}
+            while knowledge.get("state") not in ("ready", "failed"):  # the warm-up thread
+                knowledge = client.get("/readyz").json().get("checks", {}).get("knowledge", {})
+                if time.monotonic() > deadline or not knowledge:
+                    break
+                time.sleep(0.2)
+            t_warm = time.perf_counter() - t0
+
+            def get(q: str) -> dict:
+                r = client.get("/api/v1/kb/search", params={"q": q})
+                r.raise_for_status()
+                return r.json()
+
+            t = time.perf_counter()
+            get(queries[0]["query"])
+            t_first = (time.perf_counter() - t) * 1000
+            qs = [q["query"] for q in queries]
+            QUERIES.clear()  # this process's peer sees each query for the first time too
+            # Warm-up: every query once, over HTTP and in process (each embedding computed once).
+            first_http, first_local = timeit([lambda i: get(qs[i]),
+                                              lambda i: search(qs[i], kb_dir=kb_dir)], len(qs))
+            http_ms: list[float] = []
+            local_ms: list[float] = []
+            floor_ms: list[float] = []
+            for _ in range(rounds):
+                h, loc, fl = timeit([lambda i: get(qs[i]),
+                                     lambda i: search(qs[i], kb_dir=kb_dir),
+                                     lambda i: client.get("/healthz").raise_for_status()],
+                                    len(qs))
+                http_ms += h
+                local_ms += loc
+                floor_ms += fl
+            same = sum(get(q) == search(q, kb_dir=kb_dir) for q in qs[:20])
+        print(f"\n## Latency over HTTP, GET /api/v1/kb/search?q=... (domain from the text), "
+              f"{len(qs)} queries, ms")
+        print(f"server: python -m app.cli serve (SQLite, no SCP, no worker); /readyz 200 "
+              f"{t_ready:.1f} s after start, knowledge warm-up {knowledge.get('state', '?')} "
+              f"after {t_warm:.1f} s; first search {t_first:.0f} ms; HTTP and in-process answers "
+              f"identical for {same}/20 queries")
+        widths = [52, 9, 9]
+        print(row(["", "p50", "p95"], widths))
+        for name, xs in (
+            ("HTTP, each query the first time (warm-up)", first_http),
+            ("in process search(), the first time (peer)", first_local),
+            (f"HTTP, warm ({rounds} rounds)", http_ms),
+            ("in process search(), warm (peer)", local_ms),
+            ("HTTP GET /healthz (no key, no work: the floor)", floor_ms),
+        ):
+            print(row([name, f"{pct(xs, 50):.2f}", f"{pct(xs, 95):.2f}"], widths))
+        print(f"HTTP overhead, warm p50: {pct(http_ms, 50) - pct(local_ms, 50):.2f} ms")
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=Path, default=REPO / "bench" / "rag_queries.jsonl")
@@ -253,6 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--synthetic", type=int, default=100_000, help="0 to skip")
     ap.add_argument("--synthetic-queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--http", action="store_true",
+                    help="also time GET /api/v1/kb/search against the running app")
+    ap.add_argument("--http-only", action="store_true",
+                    help="only the HTTP latency (skips quality, selection and synthetic)")
+    ap.add_argument("--http-rounds", type=int, default=2)
     args = ap.parse_args(argv)
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
 
@@ -266,11 +405,16 @@ def main(argv: list[str] | None = None) -> None:
     missing = {r for q in queries for r in q["relevant"]} - set(kb.entries)
     if missing:
         print(f"WARNING: relevant ids not in the corpus: {sorted(missing)}")
+    if args.http_only:
+        latency_http(kb_dir, queries, args.http_rounds)
+        return
     qvecs = get_embedder().embed([q["query"] for q in queries])
     eval_quality(kb, queries, qvecs)
     eval_domain(kb, queries, qvecs)
     eval_selection(kb, queries, qvecs)
     latency_real(kb_dir, kb, queries, qvecs)
+    if args.http:
+        latency_http(kb_dir, queries, args.http_rounds)
     if args.synthetic:
         latency_synthetic(args.synthetic, args.seed, args.synthetic_queries)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config import DOMAINS, get_settings
-from app.rag.embedder import Embedder, get_embedder
+from app.rag.embedder import Embedder, get_embedder, query_vector
 from app.rag.index import DENSE_WEIGHT, file_lock
 from app.rag.lexical import BM25, tokenize
 from app.rag.select import DEFAULT_FLOOR, DEFAULT_GAMMA, adaptive_select
@@ -104,7 +104,7 @@ class CaseIndex:
         with self._lock:
             if not self.ids:
                 return []
-            dense = self.matrix() @ self.emb.embed([query])[0]
+            dense = self.matrix() @ query_vector(query, self.emb)
             lex = self.bm25.scores(qtoks)
             norm = self.bm25.query_norm(qtoks)
             lexn = np.minimum(lex / norm, 1.0) if norm > 0 else np.zeros_like(lex)

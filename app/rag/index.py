@@ -17,12 +17,21 @@ folder, the corpus hash, the embedder and the index format; the folder holds
 ``<domain>.faiss``, ``<domain>.chunks.json`` and ``entries.json``. A build writes a new folder and
 then replaces ``meta.json`` atomically, under a file lock, so readers in other processes see
 either the old index or the new one, never half of one.
+
+Embedding only what changed: a chunk's vector is looked up by the sha256 of its text in the
+index being replaced and in the vectors shipped with the corpus (``<corpus>/.embeddings/``:
+``vectors.npy`` and ``manifest.json``, written by ``medgate kb build --save-vectors`` from the
+index the build produced, and used only when the manifest names the configured embedder and the
+file's sha256 matches). Only chunks found in neither are embedded, so a fresh clone builds its
+index in about a second, without loading the model, and an edited entry costs its own chunks.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -49,6 +58,10 @@ DENSE_WEIGHT = 0.5
 RRF_K = 60
 CANDIDATES = 200  # per retriever, when a domain has more chunks than FULL_SCAN
 FULL_SCAN = 4096
+SHIPPED = ".embeddings"  # folder in the corpus with the shipped chunk vectors
+RECHECK_SECONDS = 1.0  # how often ``load`` looks whether another process replaced the index
+
+log = logging.getLogger("medgate.rag")
 
 Progress = Callable[[str, int, int], None]
 
@@ -88,7 +101,11 @@ class ChunkHit:
 
 
 class DomainIndex:
-    """One domain's chunks: a FAISS index of their vectors and a BM25 of their tokens."""
+    """One domain's chunks: a FAISS index of their vectors and a BM25 of their tokens.
+
+    A small domain (up to ``FULL_SCAN`` chunks) keeps its vectors as a matrix too and scores
+    every chunk with one matrix product; larger ones ask FAISS and BM25 for ``CANDIDATES`` each.
+    """
 
     def __init__(self, chunks: list[dict], vectors: np.ndarray | None, dim: int) -> None:
         self.chunks = chunks
@@ -98,6 +115,7 @@ class DomainIndex:
             self.faiss.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.bm25 = BM25()
         self.bm25.extend(c.get("tokens") or tokenize(c["text"]) for c in chunks)
+        self._prepare()
 
     @classmethod
     def from_index(cls, chunks: list[dict], index: faiss.Index) -> DomainIndex:
@@ -105,13 +123,56 @@ class DomainIndex:
         obj.chunks, obj.dim, obj.faiss = chunks, index.d, index
         obj.bm25 = BM25()
         obj.bm25.extend(tokenize(c["text"]) for c in chunks)
+        obj._prepare()
         return obj
+
+    def _prepare(self) -> None:
+        n = len(self.chunks)
+        names = sorted({c["entry"] for c in self.chunks})
+        self._names = names
+        pos = {e: i for i, e in enumerate(names)}
+        self._entry_of = np.array([pos[c["entry"]] for c in self.chunks], dtype=np.int64)
+        self._matrix = (self.faiss.reconstruct_n(0, n)
+                        if 0 < n <= FULL_SCAN and self.faiss.ntotal == n
+                        else np.zeros((0, self.dim), dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.chunks)
 
+    def vectors(self) -> np.ndarray:
+        """All chunk vectors, in chunk order."""
+        n = len(self.chunks)
+        return self._matrix if len(self._matrix) == n else self.faiss.reconstruct_n(0, n)
+
     def _vector(self, i: int) -> np.ndarray:
         return self.faiss.reconstruct(int(i))
+
+    def _candidates(
+        self, qvec: np.ndarray, qtoks: list[str], fusion: str, w: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk ids ascending, fused, dense, lexical) of the candidate chunks."""
+        n = len(self.chunks)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}")
+        q = np.ascontiguousarray(qvec.reshape(1, -1), dtype=np.float32)
+        lex_all = self.bm25.scores(qtoks)
+        if n <= FULL_SCAN and len(self._matrix) == n:
+            cand = np.arange(n)
+            d = self._matrix @ q[0]
+        else:
+            dv, di = self.faiss.search(q, CANDIDATES)
+            dense = {int(i): float(s) for i, s in zip(di[0], dv[0], strict=True) if i >= 0}
+            lex_ids = np.argpartition(-lex_all, CANDIDATES)[:CANDIDATES]
+            lex_ids = lex_ids[lex_all[lex_ids] > 0]
+            for i in lex_ids:  # lexical-only candidates still need a dense score
+                if int(i) not in dense:
+                    dense[int(i)] = float(self._vector(int(i)) @ q[0])
+            cand = np.array(sorted(set(dense) | {int(i) for i in lex_ids}), dtype=np.int64)
+            d = np.array([dense[int(i)] for i in cand], dtype=np.float32)
+        lraw = lex_all[cand]
+        norm = self.bm25.query_norm(qtoks)
+        lex = np.minimum(lraw / norm, 1.0) if norm > 0 else np.zeros_like(lraw)
+        return cand, _fuse(d, lex, lraw, fusion, w), d, lex
 
     def chunk_scores(
         self,
@@ -122,32 +183,11 @@ class DomainIndex:
         w: float = DENSE_WEIGHT,
     ) -> list[ChunkHit]:
         """Fused scores of the candidate chunks (all of them in a small domain)."""
-        n = len(self.chunks)
-        if n == 0:
+        if not self.chunks:
             return []
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}")
-        q = np.ascontiguousarray(qvec.reshape(1, -1), dtype=np.float32)
-        lex_all = self.bm25.scores(qtoks)
-        depth = n if n <= FULL_SCAN else CANDIDATES
-        dv, di = self.faiss.search(q, depth)
-        dense = {int(i): float(s) for i, s in zip(di[0], dv[0], strict=True) if i >= 0}
-        if depth >= n:
-            lex_ids = np.arange(n)
-        else:
-            lex_ids = np.argpartition(-lex_all, depth)[:depth]
-            lex_ids = lex_ids[lex_all[lex_ids] > 0]
-            for i in lex_ids:  # lexical-only candidates still need a dense score
-                if int(i) not in dense:
-                    dense[int(i)] = float(self._vector(int(i)) @ q[0])
-        cand = sorted(set(dense) | {int(i) for i in lex_ids})
-        d = np.array([dense[i] for i in cand], dtype=np.float32)
-        lraw = lex_all[cand]
-        norm = self.bm25.query_norm(qtoks)
-        lex = np.minimum(lraw / norm, 1.0) if norm > 0 else np.zeros_like(lraw)
-        fused = _fuse(d, lex, lraw, fusion, w)
+        cand, fused, d, lex = self._candidates(qvec, qtoks, fusion, w)
         return [
-            ChunkHit(self.chunks[c]["entry"], float(f), float(dd), float(ll), c)
+            ChunkHit(self.chunks[c]["entry"], float(f), float(dd), float(ll), int(c))
             for c, f, dd, ll in zip(cand, fused, d, lex, strict=True)
         ]
 
@@ -160,14 +200,25 @@ class DomainIndex:
         w: float = DENSE_WEIGHT,
         limit: int | None = None,
     ) -> list[ChunkHit]:
-        """Entries ranked by their best chunk, best first (ties broken by entry id)."""
-        best: dict[str, ChunkHit] = {}
-        for h in self.chunk_scores(qvec, qtoks, fusion=fusion, w=w):
-            cur = best.get(h.entry)
-            if cur is None or h.score > cur.score:
-                best[h.entry] = h
-        ranked = sorted(best.values(), key=lambda h: (-h.score, h.entry))
-        return ranked[:limit] if limit else ranked
+        """Entries ranked by their best chunk, best first (ties broken by entry id; an entry's
+        tied chunks by chunk order)."""
+        if not self.chunks:
+            return []
+        cand, fused, d, lex = self._candidates(qvec, qtoks, fusion, w)
+        ent = self._entry_of[cand]
+        # Best chunk per entry: by score, then chunk order; entries by score, then id (names
+        # are sorted, so their position orders them by id).
+        order = np.lexsort((cand, -fused))
+        _, first = np.unique(ent[order], return_index=True)
+        best = order[first]
+        ranked = best[np.lexsort((ent[best], -fused[best]))]
+        if limit:
+            ranked = ranked[:limit]
+        return [
+            ChunkHit(self._names[ent[j]], float(fused[j]), float(d[j]), float(lex[j]),
+                     int(cand[j]))
+            for j in ranked
+        ]
 
 
 def _fuse(d: np.ndarray, lex: np.ndarray, lraw: np.ndarray, fusion: str, w: float) -> np.ndarray:
@@ -205,6 +256,8 @@ class BuildResult:
     embedder: str
     counts: dict[str, int]
     seconds: float
+    embedded: int = 0  # chunks run through the embedder
+    reused: int = 0  # chunks whose vector came from the previous index or the shipped vectors
 
 
 def _meta_path(out_dir: Path) -> Path:
@@ -257,6 +310,8 @@ def build(
 ) -> BuildResult:
     """Build the per-domain indexes unless the stored ones match the corpus and the embedder.
 
+    Vectors of unchanged chunks are taken from the previous index and from the vectors shipped
+    with the corpus; ``force`` embeds every chunk again and ignores both.
     ``progress(stage, done, total)`` is called with stages ``check``, ``embed`` and ``write``.
     Raises ``CorpusError`` when ``corpus.check`` finds problems. Returns whether it rebuilt.
     """
@@ -277,27 +332,146 @@ def build(
         entries = load_corpus(root, strict=True)
         report("check", 1, 1)
         emb = embedder if hasattr(embedder, "embed") else get_embedder(embedder)
+        cache = VectorCache(emb_name) if force else VectorCache.gather(emb_name, root, out, meta)
         folder = f"index-{chash[:12]}-{uuid.uuid4().hex[:8]}"
-        _write_index(out / folder, entries, emb, report)
+        embedded, reused, dim = _write_index(out / folder, entries, emb, cache, report)
         counts = {d: sum(1 for e in entries if e.domain == d) for d in DOMAINS}
         new_meta = {
             "format": FORMAT,
             "corpus_hash": chash,
             "corpus_root": str(root),
             "embedder": emb.name,
-            "dim": emb.dim,
+            "dim": dim,
             "current": folder,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "domains": {d: {"entries": counts[d]} for d in DOMAINS},
+            "embedded": embedded,
+            "reused": reused,
         }
         _write_json(_meta_path(out), new_meta)
         _prune(out, keep={folder, (meta or {}).get("current", "")})
         report("write", 1, 1)
     forget(out)
-    return BuildResult(True, out, chash, emb.name, counts, time.perf_counter() - t0)
+    return BuildResult(True, out, chash, emb.name, counts, time.perf_counter() - t0,
+                       embedded, reused)
 
 
-def _write_index(folder: Path, entries: list[Entry], emb: Embedder, report: Progress) -> None:
+def text_key(text: str) -> str:
+    """What a chunk's vector is cached under: the sha256 of its text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class VectorCache:
+    """Chunk vectors of one embedder by text key, gathered from earlier builds."""
+
+    def __init__(self, embedder: str) -> None:
+        self.embedder = embedder
+        self.vectors: dict[str, np.ndarray] = {}
+        self.dim: int | None = None
+        self.sources: list[str] = []
+
+    def add(self, keys: list[str], vectors: np.ndarray, source: str) -> None:
+        if len(keys) != len(vectors) or (self.dim is not None and vectors.shape[1] != self.dim):
+            return
+        self.dim = int(vectors.shape[1])
+        for k, v in zip(keys, vectors, strict=True):
+            self.vectors.setdefault(k, v)
+        self.sources.append(source)
+
+    @classmethod
+    def gather(cls, embedder: str, root: Path, out: Path, meta: dict | None) -> VectorCache:
+        cache = cls(embedder)
+        if meta and meta.get("embedder") == embedder and meta.get("current"):
+            try:  # the index being replaced
+                kb = _read(out)
+                for d in DOMAINS:
+                    idx = kb.domains[d]
+                    if len(idx):
+                        cache.add([text_key(c["text"]) for c in idx.chunks], idx.vectors(),
+                                  f"index {meta['current']}")
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                log.warning("previous index in %s not reused: %s", out, exc)
+        keys, vectors, why = read_shipped(root, embedder)
+        if vectors is not None:
+            cache.add(keys, vectors, f"shipped {root / SHIPPED}")
+        elif why:
+            log.warning("shipped vectors not used: %s", why)
+        return cache
+
+
+def read_shipped(root: Path, embedder: str) -> tuple[list[str], np.ndarray | None, str]:
+    """(keys, vectors, "") of the vectors shipped with the corpus for ``embedder``, or
+    ([], None, why not). Vectors whose file does not match the manifest's sha256 are refused."""
+    folder = Path(root) / SHIPPED
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        return [], None, ""
+    except (OSError, json.JSONDecodeError) as exc:
+        return [], None, f"{folder / 'manifest.json'} is unreadable: {exc}"
+    if manifest.get("format") != FORMAT or manifest.get("embedder") != embedder:
+        return [], None, ""  # vectors of another embedder or chunking: nothing to use
+    path = folder / "vectors.npy"
+    try:
+        digest = _file_sha256(path)
+    except OSError as exc:
+        return [], None, f"{path}: {exc}"
+    if digest != manifest.get("sha256"):
+        return [], None, f"{path} does not match its manifest's sha256"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return [], None, f"{path}: {exc}"
+    keys = manifest.get("keys", [])
+    if vectors.ndim != 2 or len(keys) != len(vectors) or vectors.shape[1] != manifest.get("dim"):
+        return [], None, f"{path} does not have the manifest's shape"
+    return keys, vectors.astype(np.float32, copy=False), ""
+
+
+def save_vectors(out_dir: Path | None = None, corpus_root: Path | None = None) -> Path:
+    """Write the current index's chunk vectors into ``<corpus>/.embeddings/`` (what a fresh
+    clone's build reuses). Returns the folder."""
+    out = Path(out_dir or get_settings().kb_dir).resolve()
+    kb = load(out)
+    root = Path(corpus_root or kb.meta.get("corpus_root") or default_corpus_root())
+    keys: list[str] = []
+    vecs = []
+    for d in DOMAINS:
+        idx = kb.domains[d]
+        keys += [text_key(c["text"]) for c in idx.chunks]
+        if len(idx):
+            vecs.append(idx.vectors())
+    matrix = np.ascontiguousarray(np.vstack(vecs) if vecs else np.zeros((0, 0)), np.float32)
+    folder = root / SHIPPED
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".vectors.{uuid.uuid4().hex}.npy"
+    np.save(tmp, matrix, allow_pickle=False)
+    os.replace(tmp, folder / "vectors.npy")
+    _write_json(folder / "manifest.json", {
+        "format": FORMAT,
+        "embedder": kb.meta["embedder"],
+        "dim": int(matrix.shape[1]),
+        "rows": len(keys),
+        "dtype": "float32",
+        "corpus_hash": kb.meta["corpus_hash"],
+        "sha256": _file_sha256(folder / "vectors.npy"),
+        "keys": keys,
+    })
+    return folder
+
+
+def _write_index(
+    folder: Path, entries: list[Entry], emb: Embedder, cache: VectorCache, report: Progress
+) -> tuple[int, int, int]:
+    """Write the index files; returns (chunks embedded, chunks reused, dimension)."""
     folder.mkdir(parents=True)
     per_domain = {d: [e for e in entries if e.domain == d] for d in DOMAINS}
     texts = {
@@ -305,18 +479,29 @@ def _write_index(folder: Path, entries: list[Entry], emb: Embedder, report: Prog
         for d, es in per_domain.items()
     }
     total = sum(len(t) for t in texts.values())
-    done = 0
-    report("embed", 0, total)
+    keys = {d: [text_key(t) for _, _, t in rows] for d, rows in texts.items()}
+    missing = [(d, i) for d in DOMAINS for i, k in enumerate(keys[d]) if k not in cache.vectors]
+    # The embedder (and a model) is needed only when something is missing.
+    dim = emb.dim if missing or cache.dim is None else cache.dim
+    if cache.dim is not None and cache.dim != dim:
+        cache = VectorCache(cache.embedder)
+        missing = [(d, i) for d in DOMAINS for i in range(len(keys[d]))]
+    fresh: dict[tuple[str, int], np.ndarray] = {}
+    done = total - len(missing)
+    report("embed", done, total)
+    for i in range(0, len(missing), 32):
+        batch = missing[i : i + 32]
+        vecs = emb.embed([texts[d][j][2] for d, j in batch])
+        fresh.update(zip(batch, vecs, strict=True))
+        done += len(batch)
+        report("embed", done, total)
     for d in DOMAINS:
         rows = texts[d]
-        vecs = []
-        for i in range(0, len(rows), 32):
-            vecs.append(emb.embed([t for _, _, t in rows[i : i + 32]]))
-            done += len(rows[i : i + 32])
-            report("embed", done, total)
-        index = faiss.IndexFlatIP(emb.dim)
-        if vecs:
-            index.add(np.vstack(vecs).astype(np.float32))
+        index = faiss.IndexFlatIP(dim)
+        if rows:
+            vecs = np.stack([fresh[(d, j)] if (d, j) in fresh else cache.vectors[keys[d][j]]
+                             for j in range(len(rows))])
+            index.add(np.ascontiguousarray(vecs, dtype=np.float32))
         faiss.write_index(index, str(folder / f"{d}.faiss"))
         chunks = [{"entry": eid, "kind": kind, "text": text} for eid, kind, text in rows]
         (folder / f"{d}.chunks.json").write_text(json.dumps(chunks, ensure_ascii=False))
@@ -324,6 +509,7 @@ def _write_index(folder: Path, entries: list[Entry], emb: Embedder, report: Prog
     (folder / "entries.json").write_text(
         json.dumps([e.to_dict() for e in entries], ensure_ascii=False)
     )
+    return len(missing), total - len(missing), dim
 
 
 def _prune(out: Path, keep: set[str]) -> None:
@@ -333,8 +519,9 @@ def _prune(out: Path, keep: set[str]) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-_CACHE: dict[Path, tuple[tuple[int, int], KnowledgeBase]] = {}
+_CACHE: dict[Path, tuple[tuple[int, int], float, KnowledgeBase]] = {}
 _CACHE_LOCK = threading.Lock()
+READS = 0  # index reads from disk in this process (the files, not the cache)
 
 
 def forget(out_dir: Path | None = None) -> None:
@@ -348,14 +535,20 @@ def forget(out_dir: Path | None = None) -> None:
 
 def load(out_dir: Path | None = None) -> KnowledgeBase:
     """The built index under ``out_dir``, loaded once per process and reloaded only when another
-    build has replaced ``meta.json``. Raises FileNotFoundError when nothing is built there."""
+    build has replaced ``meta.json`` (looked at, with one ``stat``, at most every
+    ``RECHECK_SECONDS``). Raises FileNotFoundError when nothing is built there."""
     out = Path(out_dir or get_settings().kb_dir).resolve()
+    now = time.monotonic()
+    hit = _CACHE.get(out)
+    if hit and now - hit[1] < RECHECK_SECONDS:
+        return hit[2]
     st = os.stat(_meta_path(out))  # FileNotFoundError when never built
     stamp = (st.st_mtime_ns, st.st_size)
     with _CACHE_LOCK:
         hit = _CACHE.get(out)
         if hit and hit[0] == stamp:
-            return hit[1]
+            _CACHE[out] = (stamp, now, hit[2])
+            return hit[2]
         for attempt in range(3):
             try:
                 kb = _read(out)
@@ -364,11 +557,13 @@ def load(out_dir: Path | None = None) -> KnowledgeBase:
                 if attempt == 2:
                     raise
                 time.sleep(0.05)
-        _CACHE[out] = (stamp, kb)
+        _CACHE[out] = (stamp, now, kb)
         return kb
 
 
 def _read(out: Path) -> KnowledgeBase:
+    global READS
+    READS += 1
     meta = json.loads(_meta_path(out).read_text())
     folder = out / meta["current"]
     domains = {}

@@ -9,6 +9,7 @@ selection rule.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from app.config import DOMAINS, get_settings
 from app.rag import index as kbindex
 from app.rag.cases import search_cases
 from app.rag.corpus import default_corpus_root
-from app.rag.domain import identify_domain
-from app.rag.embedder import embedder_name, get_embedder
+from app.rag.domain import domain_from_metadata, identify_domain
+from app.rag.embedder import QUERIES, embedder_name, query_vector
 from app.rag.lexical import tokenize
 from app.rag.select import DEFAULT_FLOOR, DEFAULT_GAMMA, DEFAULT_K, adaptive_select
 
@@ -34,6 +35,8 @@ def ensure_index(
     Without a corpus on disk, an index built with the configured embedder is used as it is.
     """
     out = Path(kb_dir or get_settings().kb_dir).resolve()
+    if out in _CHECKED:  # checked once per process: from then on only the cached index
+        return kbindex.load(out)
     with _CHECK_LOCK:
         if out not in _CHECKED:
             meta = kbindex.read_meta(out) or {}
@@ -50,11 +53,38 @@ def ensure_index(
     return kbindex.load(out)
 
 
+# What ``warm_up`` did in this process, for /readyz: idle (never asked), building, ready, failed.
+WARM: dict[str, Any] = {"state": "idle"}
+
+
+def warm_up(kb_dir: Path | None = None) -> dict[str, Any]:
+    """Make the first search fast: check (and if needed build) the index, load it, and load the
+    embedder's model with one query. `medgate serve` runs it in a thread at start; /readyz
+    reports ``WARM``. Searches meanwhile wait for the index, never answer from half of one."""
+    t0 = time.perf_counter()
+    WARM.clear()
+    WARM.update(state="building", started=time.time())
+    try:
+        kb = ensure_index(kb_dir)
+        WARM.update(state="loading embedder", index=kb.meta.get("current"),
+                    entries=len(kb.entries))
+        query_vector("warm-up query")
+    except Exception as exc:  # noqa: BLE001 - reported by /readyz and in the log
+        WARM.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        raise
+    WARM.update(state="ready", seconds=round(time.perf_counter() - t0, 2),
+                embedder=kb.meta.get("embedder"))
+    return dict(WARM)
+
+
 def reset() -> None:
     """Forget which index folders were checked and loaded (tests, after changing settings)."""
     with _CHECK_LOCK:
         _CHECKED.clear()
     kbindex.forget()
+    QUERIES.clear()
+    WARM.clear()
+    WARM["state"] = "idle"
 
 
 def _hit(kb: kbindex.KnowledgeBase, d: str, h: kbindex.ChunkHit) -> dict[str, Any]:
@@ -90,12 +120,18 @@ def search(
     if not query or not query.strip():
         raise ValueError("empty query")
     kb = ensure_index(kb_dir)
-    qvec = get_embedder().embed([query])[0]
+    qvec = query_vector(query)
     qtoks = tokenize(query)
-    dom = identify_domain(query, domain=domain, metadata=metadata, kb=kb, qvec=qvec)
+    ranked: dict[str, list[kbindex.ChunkHit]] = {}
+    if not domain and fusion == kbindex.DEFAULT_FUSION and not domain_from_metadata(metadata):
+        # The text decides the domain from every domain's hits: rank each domain once.
+        ranked = {d: kb.domains[d].search(qvec, qtoks) for d in DOMAINS}
+    dom = identify_domain(query, domain=domain, metadata=metadata, kb=kb, qvec=qvec,
+                          ranked=ranked)
     pairs = []
     for d in [dom] if dom else list(DOMAINS):
-        pairs += [(d, h) for h in kb.domains[d].search(qvec, qtoks, fusion=fusion)]
+        hits = ranked[d] if d in ranked else kb.domains[d].search(qvec, qtoks, fusion=fusion)
+        pairs += [(d, h) for h in hits]
     kept = adaptive_select(
         pairs, score=lambda p: p[1].score, k=k, gamma=gamma, floor=floor, key=lambda p: p[1].entry
     )
