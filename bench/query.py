@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 import pydicom  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
-from sqlalchemy import event, insert  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 
 PG_ADMIN = os.environ.get("MEDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -215,23 +215,6 @@ def _analyze() -> None:
 
 
 # -- timing ------------------------------------------------------------------------------------
-@contextmanager
-def counting() -> Iterator[list[str]]:
-    from app.db.session import get_engine
-
-    engine = get_engine()
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 @dataclass
 class Result:
     backend: str
@@ -244,9 +227,11 @@ class Result:
 
 
 def measure(run: Callable[[], int], repeat: int) -> tuple[float, float, int, int]:
+    from app.db.session import counted_statements
+
     for _ in range(2):
         run()
-    with counting() as seen:
+    with counted_statements() as seen:
         results = run()
     statements = len(seen)
     times = []

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -258,6 +261,38 @@ def worker_factory():
     yield make
     for w in started:
         w.stop()
+
+
+def loopback_socket() -> socket.socket:
+    """A listening-ready socket on a free loopback port (for ``serve_in_thread``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve_in_thread(sock: socket.socket) -> Iterator[None]:
+    """MedGate's app served by uvicorn on ``sock``, in a thread of this process, with its
+    lifespan; stopped and the socket closed afterwards."""
+    import uvicorn
+
+    from app.main import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

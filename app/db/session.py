@@ -55,6 +55,23 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def counted_statements(url: str | None = None) -> Iterator[list[str]]:
+    """The SQL statements the engine sends meanwhile (a query's cost, for tests and
+    bench/query.py: a search must not grow with its result)."""
+    engine = get_engine(url)
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
 def dispose_engines() -> None:
     """Close every pool (after a fork, or when a test changes the database)."""
     for engine in _ENGINES.values():

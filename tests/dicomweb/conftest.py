@@ -4,9 +4,6 @@ and checks that a refused upload left nothing behind."""
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.conftest import loopback_socket, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -194,25 +193,6 @@ class Live:
 @pytest.fixture
 def live(medgate, keys) -> Iterator[Live]:
     """MedGate served by uvicorn on a free loopback port, in a thread of this process."""
-    import uvicorn
-
-    from app.main import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield Live(f"http://127.0.0.1:{port}", keys, medgate.store_dir)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    sock = loopback_socket()
+    with serve_in_thread(sock):
+        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", keys, medgate.store_dir)

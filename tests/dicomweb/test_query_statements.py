@@ -19,8 +19,8 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
-from sqlalchemy import event
 
+from app.db.session import counted_statements
 from tests.dicomweb.conftest import make_instance, multipart, stow_headers
 
 
@@ -51,23 +51,6 @@ def _store(client, keys, studies: range, series: range, instances: range) -> Non
     r = client.post("/dicomweb/studies", content=multipart(parts),
                     headers=stow_headers(keys["pacs"]))
     assert r.status_code == 200, r.text
-
-
-@contextmanager
-def _counting() -> Iterator[list[str]]:
-    from app.db.session import get_engine
-
-    engine = get_engine()
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 @contextmanager
@@ -151,9 +134,9 @@ def _measure(client, keys, monkeypatch: pytest.MonkeyPatch,
         series = _series(0, 0) if in_series else None
         with session_scope() as session, _reading(monkeypatch) as reads:
             req = wado.parse_search(level, params, study, series)
-            with _counting() as below:
+            with counted_statements() as below:
                 results, _ = wado.run_search(session, req, "http://testserver/dicomweb")
-        with _counting() as request:
+        with counted_statements() as request:
             r = client.get(f"/dicomweb{_path(level, in_study, in_series)}", params=params,
                            headers=keys["clinician"])
         assert r.status_code == 200, r.text
@@ -178,7 +161,7 @@ def _c_find(scp) -> Callable[[str], tuple[int, int]]:  # noqa: ANN001
         assoc = ae.associate(*scp.address, ae_title=scp.settings.ae_title)
         assert assoc.is_established
         try:
-            with _counting() as seen:
+            with counted_statements() as seen:
                 rsps = [status.Status for status, _ in assoc.send_c_find(identifier, model)]
         finally:
             assoc.release()

@@ -4,16 +4,13 @@ package for the tests that need its layout but not its 200 MB."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import role_keys
+from tests.conftest import loopback_socket, role_keys, serve_in_thread
 
 
 @pytest.fixture(autouse=True)
@@ -37,33 +34,17 @@ class Live:
 
 @pytest.fixture
 def live_viewer(medgate, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
-    """MedGate served by uvicorn on a free loopback port, in a thread of this process."""
-    import uvicorn
-
+    """MedGate served by uvicorn on a free loopback port, in a thread of this process; its
+    public URL is its own address (the viewer follows the absolute BulkDataURIs)."""
     from app.config import reset_settings
-    from app.main import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = loopback_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     monkeypatch.setenv("MEDGATE_PUBLIC_URL", url)
     reset_settings()
     keys = role_keys()
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(sock):
         yield Live(url, keys)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 # A stand-in for the unpacked @ohif/app package: the same layout and the same root-relative
