@@ -331,7 +331,8 @@ def _pixel_errors(session: Session, p: Principal, action: str, resource: tuple[s
                 (frames.NotAcceptableFrames, 406, "not-acceptable"),
                 (wado.NotAcceptable, 406, "not-acceptable"),
                 (frames.CannotDecode, 406, "not-acceptable"),
-                (frames.Unframeable, 422, "unframeable-pixel-data"))
+                (frames.Unframeable, 422, "unframeable-pixel-data"),
+                (render.CannotRender, 422, "cannot-render"))
     try:
         yield
     except tuple(e for e, _, _ in statuses) as exc:

@@ -1,10 +1,13 @@
 """Rendering a decoded frame for display: the grayscale pipeline of PS3.3 C.11 (Modality LUT or
 Rescale, then VOI window or VOI LUT, MONOCHROME1 inverted), colour passed through, scaled to a
-viewport and encoded as JPEG or PNG. Used by the WADO-RS rendered and thumbnail resources
-(PS3.18 10.4.1.1.3, 8.3.5) and reusable by any image pipeline that needs an 8-bit picture.
+viewport and encoded as JPEG or PNG, for the WADO-RS rendered and thumbnail resources (PS3.18
+10.4.1.1.3, 8.3.5).
 
-Pure functions of numpy arrays, a pydicom Dataset and plain options; it imports nothing of
-MedGate, never reads files and knows nothing of HTTP.
+The file's own transforms are those of the image families' reader (``models.vlm.images``, which
+the chest-radiograph and vision-language engines use): a viewer sees what the models see. This
+module adds what a viewer asks for: a window of its own (PS3.18 8.3.5.1.4: linear, linear-exact,
+sigmoid), a viewport, JPEG or PNG. Pure functions of numpy arrays, a pydicom Dataset and plain
+options; it never reads files and knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut
+
+from models.base import InputError
+from models.vlm import images as display
 
 JPEG, PNG = "image/jpeg", "image/png"
 DEFAULT_QUALITY = 90  # Pillow's default of 75 blurs fine lines on radiographs
@@ -26,11 +30,14 @@ THUMBNAIL_SIZE = (128, 128)
 MAX_VIEWPORT = 4096  # keeps an upscaled picture within a few tens of MB
 # PS3.18 8.3.5.1.4 names the functions in lower case; PS3.3 C.11.2.1.3 (VOILUTFunction) in upper.
 FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}
-COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
 class RenderError(ValueError):
     """A rendering parameter that is not valid (400)."""
+
+
+class CannotRender(Exception):
+    """Stored pixels whose display transforms cannot be applied (422)."""
 
 
 @dataclass(frozen=True)
@@ -107,77 +114,28 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     return np.rint(y).astype(np.uint8)
 
 
-def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
-    """A functional group's item for frame ``index`` of an enhanced multi-frame object
-    (PS3.3 C.7.6.16): per-frame first, then shared."""
-    for groups, i in (("PerFrameFunctionalGroupsSequence", index),
-                      ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(groups) or []
-        if i < len(items) and items[i].get(sequence):
-            return items[i].get(sequence)[0]
-    return None
-
-
-def _first(value: Any) -> float:
-    """The first of a multi-valued WindowCenter / WindowWidth (PS3.3 C.11.2.1.2)."""
-    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)
-
-
-def window_of(ds: Dataset, index: int = 0) -> Window | None:
-    """The file's first window (WindowCenter / WindowWidth, or the frame's Frame VOI LUT)."""
-    source = _frame_item(ds, index, "FrameVOILUTSequence") or ds
-    if "WindowCenter" not in source or "WindowWidth" not in source:
-        return None
-    try:
-        function = str(source.get("VOILUTFunction", "") or "LINEAR").upper()
-        return Window(_first(source.WindowCenter), _first(source.WindowWidth),
-                      function if function in FUNCTIONS.values() else "LINEAR")
-    except (RenderError, TypeError, ValueError, IndexError):
-        return None  # an unusable window in the file: fall back as if there were none
-
-
-def modality_values(arr: np.ndarray, ds: Dataset, index: int = 0) -> np.ndarray:
-    """Stored values to modality values: Rescale Slope / Intercept or a Modality LUT
-    (PS3.3 C.11.1), from the frame's Pixel Value Transformation in an enhanced object."""
-    item = _frame_item(ds, index, "PixelValueTransformationSequence")
-    if item is not None and "RescaleSlope" in item:
-        slope = float(item.RescaleSlope)
-        intercept = float(item.get("RescaleIntercept", 0) or 0)
-        return arr.astype(np.float64) * slope + intercept
-    return apply_modality_lut(arr, ds)
-
-
 def to_display(arr: np.ndarray, ds: Dataset, index: int = 0,
                window: Window | None = None) -> np.ndarray:
     """One decoded frame (as ``pixel_array`` gives it) to an 8-bit grey (H, W) or RGB (H, W, 3)
-    array. Grey: modality values, then ``window``, else the file's window, else its VOI LUT,
-    else the frame's min to max; MONOCHROME1 inverted. Colour: scaled to 8 bits."""
+    array. The file's own transforms are the ones the image families apply
+    (``models.vlm.images``: the frame's functional groups, Modality LUT or Rescale, the first
+    VOI LUT or window, else the frame's min to max, MONOCHROME1 inverted; colour and PALETTE
+    COLOR to 8 bits); a ``window`` asked for replaces the file's VOI. ``ds`` is this request's
+    own dataset (the frame's rescale and window are copied to its top level)."""
+    steps: list[str] = []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        return _to_8bit(rgb, 16 if rgb.dtype.itemsize > 1 else 8)
-    if arr.ndim == 3 or photometric in COLOUR:
-        return _to_8bit(arr, bits_stored)
-    values = modality_values(arr, ds, index)
-    window = window or window_of(ds, index)
-    if window is not None:
-        out = apply_window(values, window)
-    elif ds.get("VOILUTSequence"):
-        lut = ds.VOILUTSequence[0]
-        out = _to_8bit(apply_voi(values, ds), int(lut.LUTDescriptor[2]))
-    else:
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
-        out = np.rint(scaled).astype(np.uint8)
+    try:
+        if photometric not in display.GREY:
+            return display.colour_to_uint8(arr, ds, steps)
+        display.apply_frame_groups(ds, index)
+        if window is None:
+            return np.rint(display.grey_to_unit(arr, ds, steps) * 255.0).astype(np.uint8)
+        out = apply_window(apply_modality_lut(arr, ds), window)
+    except InputError as exc:
+        raise CannotRender(str(exc)) from exc
+    except (TypeError, ValueError, IndexError) as exc:  # a Modality LUT pydicom cannot apply
+        raise CannotRender(f"the Modality LUT cannot be applied: {exc}") from exc
     return 255 - out if photometric == "MONOCHROME1" else out
-
-
-def _to_8bit(arr: np.ndarray, bits: int) -> np.ndarray:
-    if arr.dtype == np.uint8 and bits <= 8:
-        return arr
-    top = float(2 ** max(bits, 1) - 1)
-    return np.rint(np.clip(arr.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8)
 
 
 # -- size and encoding -----------------------------------------------------------------------
@@ -211,6 +169,6 @@ def render(arr: np.ndarray, ds: Dataset, index: int = 0, *, window: Window | Non
     return encode(image, media, quality)
 
 
-__all__ = ["JPEG", "PNG", "THUMBNAIL_SIZE", "RenderError", "Window",
-           "apply_window", "encode", "fit", "modality_values", "parse_quality",
-           "parse_viewport", "parse_window", "render", "to_display", "window_of"]
+__all__ = ["JPEG", "PNG", "THUMBNAIL_SIZE", "CannotRender", "RenderError", "Window",
+           "apply_window", "encode", "fit", "parse_quality", "parse_viewport", "parse_window",
+           "render", "to_display"]
