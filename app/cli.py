@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Annotated
 
 import typer
@@ -66,7 +67,45 @@ def serve(host: Annotated[str, typer.Option()] = "",
                   "--name me[/bold]")
     logging.basicConfig(level=logging.INFO)
     logs.install()
-    uvicorn.run(create_app(start_services=True), host=host, port=port, log_level="info")
+    if s.http_workers == 1:
+        uvicorn.run(create_app(start_services=True), host=host, port=port, log_level="info")
+        return
+    from app.services import http_processes
+
+    # One listening socket for every HTTP process: each accepts connections from it.
+    sock = socket.create_server((host, port), backlog=2048)
+    sock.set_inheritable(True)
+    extra = http_processes(s, sock.fileno())
+    for proc in extra:
+        proc.start()
+    try:
+        server = uvicorn.Server(uvicorn.Config(create_app(start_services=True),
+                                               log_level="info"))
+        server.run(sockets=[sock])
+    finally:
+        for proc in extra:
+            proc.stop()
+        sock.close()
+
+
+@app.command("serve-http", hidden=True)
+def serve_http(fd: Annotated[int, typer.Option(help="the server's listening socket")]) -> None:
+    """One extra HTTP process of `medgate serve` (MEDGATE_HTTP_WORKERS): the API on the
+    server's listening socket; the DICOM SCP, the grouping loop and the worker stay with the
+    first process."""
+    import uvicorn
+
+    from app import services
+    from app.main import create_app
+
+    s = get_settings()
+    if s.embedded_worker and s.embedded_broker:
+        services.SHARED_HEARTBEAT = services.worker_heartbeat(s)
+    logging.basicConfig(level=logging.INFO)
+    logs.install()
+    services.knowledge_warm_up(s)  # its first search would otherwise pay for the index
+    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="info"))
+    server.run(sockets=[socket.socket(fileno=fd)])
 
 
 @app.command()

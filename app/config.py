@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     max_parts_per_request: int = 5000
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # HTTP server processes of `medgate serve` on one listening socket; the first also runs
+    # the DICOM SCP, the grouping loop and the embedded worker. More than one lets STOW-RS use
+    # more than one core (docs/dicomweb.md).
+    http_workers: int = Field(1, ge=1, le=64)
     # The URL clients reach MedGate by (behind a proxy, the proxy's); response URLs
     # (RetrieveURL, BulkDataURI) are built from it, never from a request's Host header.
     public_url: str | None = None

@@ -41,18 +41,20 @@ def check_storage() -> None:
 
 
 def check_worker() -> None:
-    """The embedded worker's heartbeat, when this server supervises one."""
+    """The embedded worker's heartbeat, when this server supervises one (read by its extra
+    HTTP processes too)."""
     from app import services
     from app.pipeline.worker_beat import STALE_AFTER, age
 
     supervisor = services.SUPERVISOR
-    if supervisor is None:
+    heartbeat = supervisor.heartbeat if supervisor is not None else services.SHARED_HEARTBEAT
+    if heartbeat is None:
         return
-    seconds = age(supervisor.heartbeat)
+    seconds = age(heartbeat)
     if seconds is None:
         raise RuntimeError("the embedded worker has not started yet"
                            + (f" (restarted {supervisor.restarts} times)"
-                              if supervisor.restarts else ""))
+                              if supervisor is not None and supervisor.restarts else ""))
     if seconds > STALE_AFTER:
         raise RuntimeError(f"the embedded worker's last heartbeat was {seconds:.0f} s ago")
 

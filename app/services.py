@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from app import metrics
 from app.config import Settings
@@ -48,7 +49,7 @@ def _reconcile(settings: Settings) -> Callable[[], None]:
     return timer.cancel
 
 
-def _knowledge(settings: Settings) -> Callable[[], None]:
+def knowledge_warm_up(settings: Settings) -> Callable[[], None]:
     """Knowledge index and embedder loaded in the background, so /readyz answers at once and
     the first search does not pay for them (it waits for them if it comes first)."""
     from app.rag.search import warm_up
@@ -67,7 +68,7 @@ def _knowledge(settings: Settings) -> Callable[[], None]:
 # (name, start) pairs; start returns a stop callable.
 EXTRA_SERVICES: list[tuple[str, Callable[[Settings], Callable[[], None]]]] = [
     ("store reconciliation", _reconcile),
-    ("knowledge warm-up", _knowledge),
+    ("knowledge warm-up", knowledge_warm_up),
     ("DICOM SCP", _scp),
     ("grouping and sweeper loop", _loop),
 ]
@@ -92,34 +93,36 @@ def _die_with_parent() -> None:
         pass
 
 
-class WorkerSupervisor:
-    """Starts the embedded worker, restarts it with backoff when it dies, and ends it with the
+class ChildSupervisor:
+    """Starts a child process, restarts it with backoff when it dies, and ends it with the
     server. The supervising thread is also the thread that starts every child, because Linux
     ties the parent-death signal to the starting thread's life."""
 
     BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-    STABLE = 60.0  # seconds of life after which a worker's next death starts the backoff anew
+    STABLE = 60.0  # seconds of life after which a child's next death starts the backoff anew
 
-    def __init__(self, settings: Settings) -> None:
-        self.heartbeat = settings.data_dir.resolve() / "run" / "worker.heartbeat"
+    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        self.name, self.command, self.pass_fds = name, command, pass_fds
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="medgate-worker-supervisor",
+        self._thread = threading.Thread(target=self._run, name=f"medgate-{name}-supervisor",
                                         daemon=True)
         self._started = threading.Event()
 
     def start(self) -> None:
-        self.heartbeat.unlink(missing_ok=True)
         self._thread.start()
         self._started.wait(timeout=30)
 
     def _spawn(self) -> None:
-        env = dict(os.environ)
-        env[worker_beat.ENV] = str(self.heartbeat)
-        self.proc = subprocess.Popen(worker_command(), env=env, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
-        log.info("embedded worker started (pid %s)", self.proc.pid)
+        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True,
+                                     pass_fds=self.pass_fds, preexec_fn=_die_with_parent)
+        log.info("%s started (pid %s)", self.name, self.proc.pid)
+
+    def _died(self) -> None:
+        """Called when the child has exited, before the restart."""
 
     def _run(self) -> None:
         failures = 0
@@ -130,15 +133,14 @@ class WorkerSupervisor:
             code = self.proc.poll() if self.proc else 0
             if code is None:
                 continue
-            self.heartbeat.unlink(missing_ok=True)  # /readyz says "worker" from now on
+            self._died()
             lived = time.monotonic() - born
             failures = 0 if lived > self.STABLE else failures
             wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
             failures += 1
             self.restarts += 1
-            metrics.WORKER_RESTARTS.inc()
-            log.warning("embedded worker (pid %s) exited with %s after %.0f s; restarting in "
-                        "%.0f s", self.proc.pid, code, lived, wait)
+            log.warning("%s (pid %s) exited with %s after %.0f s; restarting in %.0f s",
+                        self.name, self.proc.pid, code, lived, wait)
             if self._stop.wait(wait):
                 return
             self._spawn()
@@ -149,7 +151,7 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            # Warm shutdown of the main process: it lets its pool finish the current task.
+            # Warm shutdown: a worker finishes its current task, an HTTP process its requests.
             os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
@@ -159,8 +161,42 @@ class WorkerSupervisor:
         self.proc = None
 
 
+def worker_heartbeat(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "run" / "worker.heartbeat"
+
+
+class WorkerSupervisor(ChildSupervisor):
+    """The embedded Celery worker, whose heartbeat file /readyz reads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.heartbeat = worker_heartbeat(settings)
+        super().__init__("embedded worker", worker_command(),
+                         {worker_beat.ENV: str(self.heartbeat)})
+
+    def start(self) -> None:
+        self.heartbeat.unlink(missing_ok=True)
+        super().start()
+
+    def _died(self) -> None:
+        self.heartbeat.unlink(missing_ok=True)  # /readyz says "worker" from now on
+        metrics.WORKER_RESTARTS.inc()
+
+
+def http_processes(settings: Settings, fd: int) -> list[ChildSupervisor]:
+    """The extra HTTP processes of `medgate serve` (MEDGATE_HTTP_WORKERS - 1), each serving the
+    API on the server's listening socket ``fd``: the kernel hands each new connection to one of
+    them. Python runs one request's CPU work at a time per process; on several cores, several
+    processes take several requests (STOW-RS above all) at once."""
+    command = [sys.executable, "-m", "app.cli", "serve-http", "--fd", str(fd)]
+    return [ChildSupervisor(f"HTTP process {i + 2}", command, pass_fds=(fd,))
+            for i in range(settings.http_workers - 1)]
+
+
 # The supervisor of this process's embedded worker, for /readyz; None when there is none.
 SUPERVISOR: WorkerSupervisor | None = None
+# In an extra HTTP process of a server that supervises a worker: that worker's heartbeat, so
+# that every process's /readyz gives the same answer.
+SHARED_HEARTBEAT: Path | None = None
 
 
 class Services:

@@ -10,7 +10,8 @@ A synthetic CT series (default 200 slices, 512x512, 16-bit, Explicit VR Little E
 
 Each path gets its own study (fresh UIDs), so nothing is a duplicate. Both servers get a short
 warm-up first. MedGate runs as ``python -m app.cli serve`` (API, DICOM SCP and grouping loop; no
-embedded AI worker, so nothing else competes for the CPU) on a temporary data folder; Orthanc is
+embedded AI worker, so nothing else competes for the CPU) on a temporary data folder, with
+``--http-workers`` HTTP processes (default one per CPU; ``MEDGATE_HTTP_WORKERS``); Orthanc is
 the Debian package with its DICOMweb plugin, a temporary configuration on loopback, and its own
 defaults otherwise (SQLite index, ``SyncStorageArea`` on: it fsyncs like MedGate). Both stop at
 the end and every temporary folder is removed.
@@ -21,7 +22,7 @@ time), in batches (each file fsynced, one folder fsync per batch), and in batche
 writers as there are clients. It is the physical ceiling of any durable store on this machine.
 
     .venv/bin/python bench/ingest.py [--slices 200] [--batch 10] [--clients 4] [--repeat 3]
-                                     [--keep]
+                                     [--http-workers N] [--keep]
 """
 
 from __future__ import annotations
@@ -192,13 +193,14 @@ def tail(path: Path, n: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
 
-def start_medgate(tmp: Path) -> Server:
+def start_medgate(tmp: Path, http_workers: int) -> Server:
     tmp.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDGATE_")}
     env.update(MEDGATE_DATA_DIR=str(tmp / "var"), MEDGATE_DICOM_PORT=str(dicom_port),
                MEDGATE_DICOM_HOST="127.0.0.1", MEDGATE_HTTP_HOST="127.0.0.1",
-               MEDGATE_HTTP_PORT=str(http_port), MEDGATE_EMBEDDED_WORKER="false")
+               MEDGATE_HTTP_PORT=str(http_port), MEDGATE_EMBEDDED_WORKER="false",
+               MEDGATE_HTTP_WORKERS=str(http_workers))
     cli = [sys.executable, "-m", "app.cli"]
     subprocess.run([*cli, "db", "upgrade"], env=env, cwd=REPO, check=True, capture_output=True)
     created = subprocess.run([*cli, "keys", "create", "--role", "pacs", "--name", "bench"],
@@ -439,6 +441,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds (fresh series each); the median round is reported")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--http-workers", type=int, default=os.cpu_count() or 1,
+                    help="MEDGATE_HTTP_WORKERS for MedGate (default: one per CPU, as Orthanc's "
+                         "HTTP threads use every core)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="medgate-bench-ingest-"))
@@ -446,7 +451,10 @@ def main() -> None:
     try:
         print(f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
         print(f"machine: {machine()}")
-        servers.append(start_medgate(root / "medgate"))  # appended at once: stopped on error
+        print(f"MedGate: MEDGATE_HTTP_WORKERS={args.http_workers} (HTTP server processes); "
+              "Orthanc: its own thread pool")
+        # appended at once: stopped on error
+        servers.append(start_medgate(root / "medgate", args.http_workers))
         servers.append(start_orthanc(root / "orthanc"))
         warm_up(servers, root, args.size, args.batch, args.clients)
         rounds = []

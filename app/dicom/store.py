@@ -29,6 +29,7 @@ transaction writes anything, so no database write lock is held while two files a
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -594,15 +595,50 @@ def store_spooled(session_factory, tmp: Path, sha256: str, size: int,
     return result
 
 
-# SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of
-# up to 100 ms before it tries again: this process's writers queue here instead.
-_SQLITE_WRITER = threading.Lock()
+class _SqliteWriter:
+    """SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps
+    of up to 100 ms before it tries again: the store's writers queue here instead, the threads
+    of this process on a lock, the HTTP processes of one server (MEDGATE_HTTP_WORKERS) on an
+    advisory lock of a file beside the database (flock(2); released by the kernel when a
+    process dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.thread = threading.Lock()
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        self.thread.acquire()
+        try:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.thread.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.thread.release()
+
+
+_SQLITE_WRITERS: dict[str, _SqliteWriter] = {}
+_SQLITE_WRITERS_LOCK = threading.Lock()
 
 
 def _writer_lock(session_factory):  # noqa: ANN001, ANN202
     bind = getattr(session_factory, "kw", {}).get("bind")
-    dialect = getattr(getattr(bind, "dialect", None), "name", "")
-    return _SQLITE_WRITER if dialect == "sqlite" else nullcontext()
+    url = getattr(bind, "url", None)
+    if getattr(getattr(bind, "dialect", None), "name", "") != "sqlite" or not url.database:
+        return nullcontext()
+    with _SQLITE_WRITERS_LOCK:
+        lock = _SQLITE_WRITERS.get(url.database)
+        if lock is None:
+            lock = _SQLITE_WRITERS[url.database] = _SqliteWriter(
+                Path(f"{url.database}.store-writer.lock"))
+        return lock
 
 
 def store_many(session_factory, spooled: list[Spooled] | list[tuple[Path, str, int]],
