@@ -34,15 +34,20 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
+def bearer_token(request: Request) -> str:
+    """The key of ``Authorization: Bearer <key>``; "" when there is none."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _principal(request: Request, session: Session) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header and sessions.COOKIE in request.cookies:
+    if not request.headers.get("authorization") and sessions.COOKIE in request.cookies:
         return _cookie_principal(request, session)
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if not token:
         raise Problem(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
                       headers={"WWW-Authenticate": 'Bearer realm="medgate"'})
-    principal = authenticate(session, token.strip())
+    principal = authenticate(session, token)
     if principal is None:
         raise Problem(401, "unauthorized", "the API key is unknown or revoked",
                       headers={"WWW-Authenticate": 'Bearer realm="medgate", error="invalid_token"'})

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import BEARER, _audit_refusal, get_session, require
+from app.api.deps import BEARER, _audit_refusal, bearer_token, get_session, require
 from app.api.openapi import problems
 from app.api.problems import Problem
 from app.config import get_settings
@@ -64,9 +64,7 @@ def _refuse(request: Request, status: int, detail: str, form: dict[str, str] | N
 def sign_in(request: Request, form: dict[str, str] | None = Depends(_form),
             session: Session = Depends(get_session),
             _bearer: object = Security(BEARER)) -> Response:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    presented = token.strip() if scheme.lower() == "bearer" else ""
-    presented = presented or (form or {}).get("key", "").strip()
+    presented = bearer_token(request) or (form or {}).get("key", "").strip()
     if not presented:
         return _refuse(request, 401, "send an API key as 'Authorization: Bearer <key>' or as "
                                      "the form field 'key'", form)

@@ -9,10 +9,16 @@ from urllib.parse import urlencode
 from app.config import get_settings
 
 
-def study_url(study_uid: str) -> str:
-    """The viewer on this study: absolute from MEDGATE_PUBLIC_URL when set, else relative."""
+def _viewer_url(params: dict[str, str]) -> str:
+    """OHIF's viewer route with ``params``: absolute from MEDGATE_PUBLIC_URL when set, else
+    relative."""
     base = (get_settings().public_url or "").rstrip("/")
-    return f"{base}/viewer/viewer?{urlencode({'StudyInstanceUIDs': study_uid})}"
+    return f"{base}/viewer/viewer?{urlencode(params)}"
+
+
+def study_url(study_uid: str) -> str:
+    """The viewer on this study."""
+    return _viewer_url({"StudyInstanceUIDs": study_uid})
 
 
 def _region_of(finding: dict[str, Any], regions: dict[str, dict[str, Any]]
@@ -45,6 +51,5 @@ def finding_target(study_uid: str, finding: dict[str, Any],
     if series:
         params["initialSeriesInstanceUID"] = series
     params["initialSOPInstanceUID"] = instance
-    base = (get_settings().public_url or "").rstrip("/")
     return {"region": region.get("id"), "series_uid": series, "instance_uid": instance,
-            "frame": frame, "url": f"{base}/viewer/viewer?{urlencode(params)}"}
+            "frame": frame, "url": _viewer_url(params)}
